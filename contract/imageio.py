@@ -1,0 +1,126 @@
+"""Reading input images with validation, and writing the output label map atomically.
+
+Axis conventions: SimpleITK images are indexed (x, y, z); ``sitk.GetArrayFromImage`` returns numpy arrays
+indexed (z, y, x). Spacing and origin are in millimetres, in SimpleITK's (x, y, z) order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from contract.errors import InputError, OutputError
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (".mha", ".mhd", ".nrrd", ".nii.gz", ".nii", ".tif", ".tiff")
+"""Image file extensions accepted as input (matched case-insensitively, longest first)."""
+
+MAX_SPACING_MM = 20.0
+"""Largest voxel spacing accepted on any axis; anything coarser is not a planning image."""
+
+
+def image_extension(path: str | Path) -> str | None:
+    """Return the supported extension of ``path`` (e.g. ``.nii.gz``), or None if it is not supported."""
+    name = Path(path).name.lower()
+    for ext in SUPPORTED_EXTENSIONS:
+        if name.endswith(ext):
+            return ext
+    return None
+
+
+def image_stem(path: str | Path) -> str:
+    """File name without its (possibly double) image extension: ``case_01_IMG_CT.nii.gz`` -> ``case_01_IMG_CT``."""
+    name = Path(path).name
+    ext = image_extension(path)
+    return name[: -len(ext)] if ext else Path(path).stem
+
+
+def read_image(path: str | Path, role: str = "image") -> sitk.Image:
+    """Read a 3-D scalar image and check it is usable.
+
+    Args:
+        path: the image file.
+        role: what the image is ("CT", "MR"), used in messages.
+
+    Returns:
+        The image as read, as a float32 (MR) or its stored pixel type.
+
+    Raises:
+        InputError: naming ``path``, if the file is missing, of an unsupported type, unreadable, not 3-D,
+            not scalar (vector/RGB), has a non-positive or absurd spacing, or has no finite voxel.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{role} file does not exist")
+    if image_extension(path) is None:
+        raise InputError(
+            path, f"unsupported {role} file type; expected one of {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()
+        reason = next((line for line in reversed(detail) if line.strip()), "unknown reader error")
+        raise InputError(path, f"cannot read {role} image ({reason.strip()[:200]})") from None
+    check_image(image, path, role)
+    return image
+
+
+def check_image(image: sitk.Image, path: str | Path, role: str = "image") -> None:
+    """Validate an already-read image (see :func:`read_image` for the rules)."""
+    if image.GetDimension() != 3:
+        raise InputError(path, f"{role} must be a 3-D image, got {image.GetDimension()}-D size {image.GetSize()}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            path,
+            f"{role} must have one value per voxel, got {image.GetNumberOfComponentsPerPixel()} "
+            "(vector or RGB image)",
+        )
+    if min(image.GetSize()) < 2:
+        raise InputError(path, f"{role} must have at least 2 voxels on each axis, got size {image.GetSize()}")
+    spacing = np.asarray(image.GetSpacing())
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0) or np.any(spacing > MAX_SPACING_MM):
+        raise InputError(
+            path, f"{role} has an invalid voxel spacing {tuple(spacing)} mm (expected 0 < spacing <= {MAX_SPACING_MM})"
+        )
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    if not np.isfinite(direction).all() or abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
+        raise InputError(path, f"{role} has a degenerate direction matrix {tuple(direction.ravel())}")
+
+
+def write_image_atomic(image: sitk.Image, path: str | Path, compress: bool = True) -> None:
+    """Write ``image`` to ``path`` so that ``path`` either holds the complete file or does not exist.
+
+    The image is written to a hidden temporary file in the same folder, then renamed over ``path``
+    (atomic on POSIX within one filesystem). On any failure the temporary file is removed.
+
+    Raises:
+        OutputError: naming ``path`` if the folder cannot be created or written (permissions, full disk).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(path.parent, f"cannot create output folder ({err.strerror or err})") from None
+    suffix = "".join(path.suffixes) or ".mha"
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    except OSError as err:
+        raise OutputError(path.parent, f"output folder is not writable ({err.strerror or err})") from None
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp_name, useCompression=compress)
+        with open(tmp_name, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except (RuntimeError, OSError) as err:
+        Path(tmp_name).unlink(missing_ok=True)
+        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise OutputError(path, f"cannot write output image ({message[:200]})") from None
+    log.info("wrote %s", path)
