@@ -1,0 +1,162 @@
+"""Gaussian-weighted sliding-window inference with mirroring test-time augmentation.
+
+Reproduces nnU-Net v2's ``predict_sliding_window_return_logits`` arithmetic (tile placement, Gaussian importance
+map, fp16 accumulation, mirror averaging) so that the same weights give the same logits. Arrays are
+channel-first in nnU-Net's transposed axis order, ``(C, Z, Y, X)`` for untransposed images; 2-D configurations
+slide a 2-D patch over every slice along the first spatial axis.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+from torch import nn
+
+from model.device import autocast_for
+
+log = logging.getLogger(__name__)
+
+Slicer = tuple[slice | int, ...]
+
+
+def compute_steps(image_size: Sequence[int], tile_size: Sequence[int], step_fraction: float) -> list[list[int]]:
+    """Tile start positions per axis: first tile at 0, last flush with the end, evenly spread in between.
+
+    The number of tiles is ``ceil((size - tile) / (tile * step_fraction)) + 1`` per axis.
+    """
+    if not 0 < step_fraction <= 1:
+        raise ValueError(f"tile step must be in (0, 1], got {step_fraction}")
+    steps = []
+    for size, tile in zip(image_size, tile_size):
+        if size < tile:
+            raise ValueError(f"image size {tuple(image_size)} is smaller than the tile {tuple(tile_size)}")
+        n = int(np.ceil((size - tile) / (tile * step_fraction))) + 1
+        actual = (size - tile) / (n - 1) if n > 1 else 0.0
+        steps.append([int(np.round(actual * i)) for i in range(n)])
+    return steps
+
+
+@lru_cache(maxsize=4)
+def gaussian_importance_map(tile_size: tuple[int, ...], device_str: str = "cpu") -> torch.Tensor:
+    """fp16 Gaussian weight map of ``tile_size``: sigma = tile/8 per axis, centre at ``tile // 2``, peak 10,
+    zeros replaced by the smallest positive weight (so every voxel gets a non-zero total weight)."""
+    impulse = np.zeros(tile_size)
+    impulse[tuple(t // 2 for t in tile_size)] = 1
+    gaussian = gaussian_filter(impulse, [t / 8 for t in tile_size], 0, mode="constant", cval=0)
+    gaussian /= np.max(gaussian) / 10
+    weights = torch.from_numpy(gaussian).to(device=torch.device(device_str), dtype=torch.float16)
+    zero = weights == 0
+    weights[zero] = torch.min(weights[~zero])
+    return weights
+
+
+def padded_shape(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, ...]:
+    """Spatial shape after :func:`pad_to_patch`: trailing axes grown to at least the patch size."""
+    lead = len(spatial_shape) - len(patch_size)
+    return (*spatial_shape[:lead], *[max(s, p) for s, p in zip(spatial_shape[lead:], patch_size)])
+
+
+def pad_to_patch(data: torch.Tensor, patch_size: Sequence[int]) -> tuple[torch.Tensor, Slicer]:
+    """Zero-pad the trailing ``len(patch_size)`` axes of ``data`` up to the patch size (split below/above as
+    ``d // 2`` / ``d - d // 2``). Returns the padded tensor and the slicer that removes the padding."""
+    spatial = data.shape[-len(patch_size):]
+    pad_below = [max(p - s, 0) // 2 for s, p in zip(spatial, patch_size)]
+    pad_above = [max(p - s, 0) - b for s, p, b in zip(spatial, patch_size, pad_below)]
+    lead = data.ndim - len(patch_size)
+    unpad: Slicer = tuple([slice(None)] * lead + [slice(b, b + s) for b, s in zip(pad_below, spatial)])
+    if not any(pad_below) and not any(pad_above):
+        return data, unpad
+    torch_pad = []
+    for b, a in zip(reversed(pad_below), reversed(pad_above)):
+        torch_pad += [b, a]
+    return torch.nn.functional.pad(data, torch_pad, mode="constant", value=0), unpad
+
+
+def tile_slicers(spatial_shape: Sequence[int], patch_size: Sequence[int], step_fraction: float) -> list[Slicer]:
+    """Slicers into a ``(C, *spatial_shape)`` array, one per tile, in nnU-Net's order.
+
+    For a 2-D patch over a 3-D image, each slicer also fixes the slice index on the first spatial axis.
+    """
+    slicers: list[Slicer] = []
+    if len(patch_size) == len(spatial_shape) - 1:
+        steps = compute_steps(spatial_shape[1:], patch_size, step_fraction)
+        for d in range(spatial_shape[0]):
+            for starts in itertools.product(*steps):
+                slicers.append((slice(None), d, *[slice(s, s + p) for s, p in zip(starts, patch_size)]))
+    elif len(patch_size) == len(spatial_shape):
+        steps = compute_steps(spatial_shape, patch_size, step_fraction)
+        for starts in itertools.product(*steps):
+            slicers.append((slice(None), *[slice(s, s + p) for s, p in zip(starts, patch_size)]))
+    else:
+        raise ValueError(f"patch {tuple(patch_size)} does not fit image {tuple(spatial_shape)}")
+    return slicers
+
+
+def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every non-empty subset of the spatial mirror axes, as tensor dims of a ``(B, C, ...)`` batch."""
+    dims = [a + 2 for a in mirror_axes]
+    return [c for i in range(len(dims)) for c in itertools.combinations(dims, i + 1)]
+
+
+@torch.inference_mode()
+def predict_tile(network: nn.Module, tile: torch.Tensor, mirror_axes: Sequence[int]) -> torch.Tensor:
+    """Logits of one ``(1, C, ...)`` tile, averaged over the plain pass and every mirrored pass."""
+    prediction = network(tile)
+    combos = mirror_combinations(mirror_axes)
+    for axes in combos:
+        prediction += torch.flip(network(torch.flip(tile, axes)), axes)
+    if combos:
+        prediction /= len(combos) + 1
+    return prediction
+
+
+@torch.inference_mode()
+def sliding_window_logits(
+    network: nn.Module,
+    data: torch.Tensor,
+    patch_size: Sequence[int],
+    num_classes: int,
+    mirror_axes: Sequence[int] = (),
+    step_fraction: float = 0.5,
+    device: torch.device = torch.device("cpu"),
+    on_tile: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Gaussian-weighted sliding-window logits of one network over a whole preprocessed image.
+
+    Args:
+        network: the network, already on ``device`` and in eval mode.
+        data: ``(C, *spatial)`` float32 preprocessed image (transposed nnU-Net axis order).
+        patch_size: 2 or 3 spatial patch sizes (voxels).
+        num_classes: output channels of the network.
+        mirror_axes: spatial axes to mirror for test-time augmentation (empty: no mirroring).
+        step_fraction: tile step as a fraction of the patch size (0.5 = nnU-Net default).
+        device: where the network runs; results are accumulated on the same device.
+        on_tile: called after each tile (progress reporting).
+
+    Returns:
+        ``(num_classes, *spatial)`` fp16 logits on ``device``.
+    """
+    data, unpad = pad_to_patch(data.to(device), patch_size)
+    spatial = data.shape[1:]
+    logits = torch.zeros((num_classes, *spatial), dtype=torch.half, device=device)
+    weight_sum = torch.zeros(spatial, dtype=torch.half, device=device)
+    gaussian = gaussian_importance_map(tuple(patch_size), str(device))
+    with autocast_for(device):
+        for slicer in tile_slicers(spatial, patch_size, step_fraction):
+            tile = data[slicer][None].contiguous()
+            prediction = predict_tile(network, tile, mirror_axes)[0]
+            prediction *= gaussian
+            logits[slicer] += prediction
+            weight_sum[slicer[1:]] += gaussian
+            if on_tile is not None:
+                on_tile()
+    torch.div(logits, weight_sum, out=logits)
+    if torch.isinf(logits).any():
+        raise FloatingPointError("inf in accumulated fp16 logits: the network output overflows fp16")
+    return logits[unpad]

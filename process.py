@@ -1,0 +1,250 @@
+"""HaN-Seg OAR segmentation: CT + T1 MR in, one 30-label organ-at-risk map on the CT grid out.
+
+Modes:
+    python process.py                                 platform: /input -> /output (roots: HANSEG_INPUT_DIR,
+                                                      HANSEG_OUTPUT_DIR)
+    python process.py --input DIR --output DIR        local, same layout under DIR (images/ct, images/t1-mri)
+    python process.py --input DATASET --output DIR    dataset: DATASET/case_XX/case_XX_IMG_CT.nrrd (+ _IMG_MR_T1),
+                                                      one map per case as DIR/case_XX.mha
+
+Data path per case: read and check the images (contract.imageio) -> register the MR to the CT and check the
+result (preprocessing.registration) -> preprocess as the plans say (preprocessing.preprocess) -> sliding-window
+ensemble (model.predictor) -> back to the CT grid and HaN-Seg labels (model.export) -> atomic write.
+
+Exit codes: 0 success; 2 bad input; 3 output not writable; 4 bad model folder; 1 unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from contract.errors import InputError, ModelFolderError, OutputError
+from contract.imageio import read_image, write_image_atomic
+from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_dataset_cases, find_folder_case, is_dataset_root
+from contract.labels import MAX_LABEL
+
+log = logging.getLogger("process")
+
+APP_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL_DIR = APP_DIR / "weights"
+PLATFORM_MODEL_DIR = Path("/opt/ml/model")
+EXIT_OK, EXIT_UNEXPECTED, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 2, 3, 4
+MR_DROPOUT_FILL = 0.0
+"""Raw value of the MR channel when there is no usable MR: all zeros, which z-score normalisation keeps at 0,
+exactly what the trainer's modality dropout feeds the network."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Command-line options that affect every case."""
+
+    model_dir: Path
+    device: str = "auto"
+    folds: tuple[str, ...] | None = None
+    use_mirroring: bool = True
+    tile_step: float = 0.5
+    qa_dir: Path | None = None
+    threads: int | None = None
+    progress: bool = True
+
+
+def resolve_model_dir(cli_value: Path | None) -> Path:
+    """``--model`` > ``HANSEG_MODEL_DIR`` > ``/opt/ml/model`` (if it holds a plans.json) > ``weights/``."""
+    if cli_value is not None:
+        return cli_value
+    if os.environ.get("HANSEG_MODEL_DIR"):
+        return Path(os.environ["HANSEG_MODEL_DIR"])
+    if (PLATFORM_MODEL_DIR / "plans.json").is_file():
+        return PLATFORM_MODEL_DIR
+    return DEFAULT_MODEL_DIR
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Segment 30 head-and-neck organs at risk from a CT and a T1 MR (HaN-Seg).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument("--input", type=Path, help="input root (default: $HANSEG_INPUT_DIR or /input)")
+    parser.add_argument("--output", type=Path, help="output root (default: $HANSEG_OUTPUT_DIR or /output)")
+    parser.add_argument("--model", type=Path, help="nnU-Net v2 model folder (default: $HANSEG_MODEL_DIR, "
+                        "/opt/ml/model if present, else weights/)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    parser.add_argument("--folds", nargs="+", help="folds to ensemble (default: every fold in the model folder)")
+    parser.add_argument("--no-tta", action="store_true", help="disable mirroring test-time augmentation")
+    parser.add_argument("--tile-step", type=float, default=0.5,
+                        help="sliding-window step as a fraction of the patch (0 < step <= 1; default 0.5)")
+    parser.add_argument("--qa", type=Path, metavar="DIR", help="also write quality-control PNGs and volumes here")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all available cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    if not 0 < args.tile_step <= 1:
+        parser.error(f"--tile-step must be in (0, 1], got {args.tile_step}")
+    return args
+
+
+def prepare_channels(case: CaseInputs, ct: sitk.Image, mr_channel: int | None, n_channels: int) -> list[np.ndarray]:
+    """The model's input channels on the CT grid (numpy z, y, x): the CT, and the registered MR if the model
+    takes one. A missing MR, or one whose registration fails its check, becomes the modality-dropout fill."""
+    ct_array = sitk.GetArrayFromImage(ct).astype(np.float32)
+    channels: list[np.ndarray] = [ct_array]
+    if mr_channel is None:
+        if case.mr_path is not None:
+            log.info("model has no MR channel: %s is not used", case.mr_path)
+        return channels
+    if n_channels != 2 or mr_channel != 1:
+        raise ModelFolderError("dataset.json", f"unsupported channel layout: {n_channels} channels, MR at {mr_channel}")
+    mr_array = None
+    if case.mr_path is None:
+        log.warning("no T1 MR for case %s: predicting from the CT alone", case.case_id)
+    else:
+        from preprocessing.registration import register_mr_to_ct, resample_mr_to_ct
+
+        mr = read_image(case.mr_path, "T1 MR")
+        result = register_mr_to_ct(ct, mr)
+        if result.accepted:
+            log.info("MR registered to CT in %.1f s (%s)", result.seconds, _format_metrics(result.metrics))
+            mr_array = sitk.GetArrayFromImage(resample_mr_to_ct(mr, ct, result.ct_to_mr)).astype(np.float32)
+        else:
+            log.warning("%s: MR-to-CT registration failed its quality check (%s): predicting from the CT alone",
+                        case.mr_path, result.reason)
+    if mr_array is None:
+        mr_array = np.full_like(ct_array, MR_DROPOUT_FILL)
+    channels.append(mr_array)
+    return channels
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.3g}" for k, v in metrics.items())
+
+
+def to_label_image(labels: np.ndarray, ct: sitk.Image) -> sitk.Image:
+    """The label array as a uint8 image carrying the CT's exact size, spacing, origin and direction."""
+    if labels.dtype != np.uint8 or labels.shape != sitk.GetArrayViewFromImage(ct).shape:
+        raise AssertionError(f"label map {labels.dtype} {labels.shape} does not match the CT")
+    if labels.max(initial=0) > MAX_LABEL:
+        raise AssertionError(f"label value {labels.max()} outside 0..{MAX_LABEL}")
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(ct)
+    return image
+
+
+def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions) -> None:  # noqa: ANN001
+    """Segment one case and write its label map atomically to ``output_path``."""
+    start = time.perf_counter()
+    log.info("case %s: CT %s, MR %s", case.case_id, case.ct_path, case.mr_path or "none")
+    ct = read_image(case.ct_path, "CT")
+    channels = prepare_channels(case, ct, predictor.model.mr_channel, predictor.model.num_input_channels)
+    labels = predictor.predict(channels, ct.GetSpacing())
+    image = to_label_image(labels, ct)
+    if options.qa_dir is not None:
+        from evaluation.qa import write_qa
+
+        mr_on_ct = None
+        if len(channels) > 1 and channels[1].any():
+            mr_on_ct = sitk.GetImageFromArray(channels[1])
+            mr_on_ct.CopyInformation(ct)
+        write_qa(ct, image, options.qa_dir, case.case_id, mr=mr_on_ct)
+    write_image_atomic(image, output_path)
+    present = np.unique(labels)
+    log.info("case %s done in %.1f s: %d OARs labelled -> %s", case.case_id, time.perf_counter() - start,
+             int((present > 0).sum()), output_path)
+
+
+def build_predictor(options: RunOptions):  # noqa: ANN201 - imported lazily to keep --help fast
+    from model.device import select_device
+    from model.model_folder import load_model_folder
+    from model.predictor import Predictor, PredictorOptions
+
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    model = load_model_folder(options.model_dir, list(options.folds) if options.folds else None)
+    return Predictor(
+        model,
+        select_device(options.device),
+        PredictorOptions(use_mirroring=options.use_mirroring, tile_step=options.tile_step,
+                         progress=options.progress),
+    )
+
+
+def run(input_root: Path, output_root: Path, options: RunOptions) -> int:
+    """Process the input root in folder or dataset mode. Returns the exit code."""
+    if not input_root.is_dir():
+        raise InputError(input_root, "input folder does not exist")
+    if is_dataset_root(input_root):
+        return run_dataset(input_root, output_root, options)
+    case = find_folder_case(input_root)
+    output_path = output_root / OUTPUT_FOLDER / f"{case.case_id}.mha"
+    run_case(case, output_path, build_predictor(options), options)
+    return EXIT_OK
+
+
+def run_dataset(input_root: Path, output_root: Path, options: RunOptions) -> int:
+    """Every case folder under ``input_root``: finish all that can be done, report the others."""
+    cases, failed = find_dataset_cases(input_root)
+    log.info("dataset mode: %d cases under %s", len(cases), input_root)
+    predictor = build_predictor(options) if cases else None
+    written = 0
+    for case in cases:
+        try:
+            run_case(case, output_root / f"{case.case_id}.mha", predictor, options)
+            written += 1
+        except (InputError, OutputError) as err:
+            log.error("case %s failed: %s", case.case_id, err)
+            failed.append((case.ct_path.parent, err))
+    for folder, err in failed:
+        print(f"error: case {folder.name}: {err}", file=sys.stderr)
+    log.info("dataset mode: %d of %d cases written to %s", written, written + len(failed), output_root)
+    return EXIT_INPUT if failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    input_root = args.input or Path(os.environ.get("HANSEG_INPUT_DIR", "/input"))
+    output_root = args.output or Path(os.environ.get("HANSEG_OUTPUT_DIR", "/output"))
+    options = RunOptions(
+        model_dir=resolve_model_dir(args.model),
+        device=args.device,
+        folds=tuple(args.folds) if args.folds else None,
+        use_mirroring=not args.no_tta,
+        tile_step=args.tile_step,
+        qa_dir=args.qa,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    try:
+        return run(input_root, output_root, options)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_OUTPUT
+    except ModelFolderError as err:
+        print(f"error: model folder: {err}", file=sys.stderr)
+        return EXIT_MODEL
+    except ValueError as err:  # a usage error, e.g. --device cuda on a machine without CUDA
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
