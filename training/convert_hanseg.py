@@ -1,0 +1,231 @@
+"""Convert HaN-Seg cases into an nnU-Net v2 raw dataset: CT + registered T1 channels, one label map per case.
+
+Input layout (HaN-Seg, Zenodo 7442914; any folder depth)::
+
+    <root>/.../case_XX/case_XX_IMG_CT.nrrd
+                       case_XX_IMG_MR_T1.nrrd             (optional)
+                       case_XX_OAR_<Name>.seg.nrrd        one binary mask per OAR present (<Name> from contract.labels)
+
+Output: see ``training.raw_dataset``. Per case:
+
+* ``_0000`` the CT as read (HU).
+* ``_0001`` the T1 registered onto the CT grid by the SAME code as inference (``preprocessing.registration``);
+  if there is no MR, or the registration is rejected or fails, the channel is all zeros (what the model sees at
+  inference without a usable MR, and under modality dropout in training) and this is recorded.
+* the label map, on the CT grid, with the DATASET's consecutive label values (``training.dataset_labels``): the
+  OARs present in at least one converted case, in HaN-Seg order. (If all 30 are present this is the HaN-Seg table.)
+
+OVERLAP RULE: masks are painted from the largest OAR of the case to the smallest, so where masks overlap the
+SMALLER structure wins (Glottis / Arytenoid inside Larynx_SG, Lips / BuccalMucosa against Cavity_Oral keep their
+voxels; a large structure loses a thin rim). Overlap voxel counts per pair are recorded.
+
+MISSING OARS: an OAR without a mask file is background in that case's label map (nnU-Net has no per-case label
+mask); ``conversion_report.json`` lists each case's missing OARs so they can be excluded from evaluation or used for
+a partial-label loss later.
+
+Masks not on the CT grid are resampled onto it (nearest neighbour, physical space) and this is recorded.
+
+Usage::
+
+    python -m training.convert_hanseg --src /data/HaN-Seg/set_1 --out work_dirs/nnUNet_raw --dataset-id 601 \
+        [--test-cases case_01 case_02] [--t1 registered|zeros] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import re
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from contract.labels import HANSEG_LABELS, HANSEG_OAR_NAMES
+from training.dataset_labels import dataset_label_table
+from training.raw_dataset import dataset_folder_name, write_case, write_dataset_json, write_report
+from training.t1_channel import make_t1_channel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATASET_NAME = "HaNSeg"
+CT_SUFFIX = "_IMG_CT.nrrd"
+MR_SUFFIX = "_IMG_MR_T1.nrrd"
+OAR_PATTERN = re.compile(r"^(?P<case>.+)_OAR_(?P<name>.+)\.seg\.nrrd$")
+GRID_TOLERANCE = 1e-3
+
+
+def find_cases(root: Path) -> dict[str, Path]:
+    """Case id -> case folder, for every ``*_IMG_CT.nrrd`` under ``root`` (sorted by id)."""
+    cases = {}
+    for ct in sorted(root.rglob(f"*{CT_SUFFIX}")):
+        case_id = ct.name[: -len(CT_SUFFIX)]
+        if case_id in cases:
+            raise ValueError(f"case {case_id} found twice: {cases[case_id]} and {ct.parent}")
+        cases[case_id] = ct.parent
+    return cases
+
+
+def find_masks(case_dir: Path, case_id: str) -> dict[str, Path]:
+    """OAR name -> mask file of one case; unknown names are logged and skipped."""
+    masks = {}
+    for path in sorted(case_dir.glob(f"{case_id}_OAR_*.seg.nrrd")):
+        match = OAR_PATTERN.match(path.name)
+        if match is None:
+            continue
+        name = match["name"]
+        if name not in HANSEG_LABELS:
+            log.warning("%s: %s is not a HaN-Seg OAR name, skipped", case_id, path.name)
+            continue
+        masks[name] = path
+    return masks
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Same size, and spacing / origin / direction equal within 1e-3 (mm or unitless)."""
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=GRID_TOLERANCE)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=GRID_TOLERANCE)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=GRID_TOLERANCE))
+
+
+def mask_on_ct_grid(mask: sitk.Image, ct: sitk.Image) -> tuple[np.ndarray, bool]:
+    """Binary mask as a bool (z, y, x) array on the CT grid; second value True if it had to be resampled."""
+    resampled = not same_grid(mask, ct)
+    if resampled:
+        mask = sitk.Resample(mask, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
+    return sitk.GetArrayFromImage(mask) > 0, resampled
+
+
+def build_label_map(masks: dict[str, np.ndarray], table: dict[str, int]) -> tuple[np.ndarray, dict[str, int]]:
+    """Combine binary masks into one uint8 label map with ``table``'s values (smaller OAR wins overlaps).
+
+    Args:
+        masks: OAR name -> bool array (z, y, x), all the same shape.
+        table: dataset label table (name -> value), must hold every name in ``masks``.
+
+    Returns:
+        The label map and ``{"A&B": voxels}`` for every overlapping pair.
+    """
+    shape = next(iter(masks.values())).shape
+    out = np.zeros(shape, dtype=np.uint8)
+    overlaps = {}
+    for a, b in itertools.combinations(sorted(masks), 2):
+        n = int(np.count_nonzero(masks[a] & masks[b]))
+        if n:
+            overlaps[f"{a}&{b}"] = n
+    # largest first, smallest last: the smallest structure overwrites (ties broken by HaN-Seg order)
+    order = sorted(masks, key=lambda n: (-int(masks[n].sum()), HANSEG_LABELS[n]))
+    for name in order:
+        out[masks[name]] = table[name]
+    return out, overlaps
+
+
+def convert_case(case_id: str, case_dir: Path, out_dir: Path, table: dict[str, int], test: bool, t1_mode: str,
+                 threads: int | None = None) -> dict[str, Any]:
+    """Convert one HaN-Seg case; return its conversion record."""
+    ct = sitk.ReadImage(str(case_dir / f"{case_id}{CT_SUFFIX}"))
+    mask_files = find_masks(case_dir, case_id)
+    masks, resampled = {}, []
+    for name, path in mask_files.items():
+        masks[name], was_resampled = mask_on_ct_grid(sitk.ReadImage(str(path)), ct)
+        if was_resampled:
+            resampled.append(name)
+    if masks:
+        label_arr, overlaps = build_label_map(masks, table)
+    else:
+        label_arr, overlaps = np.zeros(ct.GetSize()[::-1], dtype=np.uint8), {}
+    label = sitk.GetImageFromArray(label_arr)
+    label.CopyInformation(ct)
+
+    mr_path = case_dir / f"{case_id}{MR_SUFFIX}"
+    mr = sitk.ReadImage(str(mr_path), sitk.sitkFloat32) if mr_path.exists() and t1_mode == "registered" else None
+    t1 = make_t1_channel(ct, t1_mode, mr=mr, threads=threads)
+    write_case(out_dir, case_id, ct, t1.image, label, test=test)
+    empty = [n for n, m in masks.items() if not m.any()]
+    record = {
+        "case": case_id,
+        "split": "test (held out)" if test else "train",
+        "oars_present": [n for n in HANSEG_OAR_NAMES if n in masks],
+        "oars_missing": [n for n in HANSEG_OAR_NAMES if n not in masks],
+        "oars_empty_mask": empty,
+        "masks_resampled_to_ct_grid": resampled,
+        "overlap_voxels": overlaps,
+        "overlap_rule": "smaller OAR wins (masks painted largest to smallest)",
+        "mr_file": mr_path.name if mr_path.exists() else None,
+        "t1": t1.record(),
+    }
+    log.info("%s: %d OARs (%d missing), %d overlapping pairs, T1 %s accepted=%s", case_id, len(masks),
+             len(record["oars_missing"]), len(overlaps), t1.mode, t1.accepted)
+    return record
+
+
+def convert(src: Path, raw_root: Path, dataset_id: int, name: str = DEFAULT_DATASET_NAME,
+            test_cases: list[str] | None = None, t1_mode: str = "registered", workers: int = 1,
+            all_labels: bool = False) -> Path:
+    """Convert every HaN-Seg case under ``src`` into ``raw_root/DatasetXXX_Name``; return that folder.
+
+    Args:
+        test_cases: case ids written to imagesTs/labelsTs (held out) instead of imagesTr/labelsTr.
+        t1_mode: ``registered`` (real MR, inference registration) or ``zeros``.
+        all_labels: use all 30 HaN-Seg OARs in dataset.json even if some are absent from every case.
+    """
+    cases = find_cases(src)
+    if not cases:
+        raise FileNotFoundError(f"no *{CT_SUFFIX} under {src}")
+    test_set = set(test_cases or [])
+    unknown = test_set - set(cases)
+    if unknown:
+        raise ValueError(f"test cases not found under {src}: {sorted(unknown)}")
+    present = set(HANSEG_OAR_NAMES) if all_labels else {
+        n for cid, d in cases.items() for n in find_masks(d, cid)}
+    table = dataset_label_table(present)
+    out_dir = raw_root / dataset_folder_name(dataset_id, name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(cid, d, cid in test_set) for cid, d in cases.items()]
+    threads = 1 if workers > 1 else None
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [pool.submit(convert_case, c, d, out_dir, table, t, t1_mode, threads) for c, d, t in jobs]
+            records = [f.result() for f in futures]
+    else:
+        records = [convert_case(c, d, out_dir, table, t, t1_mode, threads) for c, d, t in jobs]
+    n_train = sum(1 for r in records if r["split"] == "train")
+    t1_note = ("T1 = the case's MR registered onto the CT grid by preprocessing.registration (zeros where rejected)"
+               if t1_mode == "registered" else "T1 channel is all zeros (placeholder)")
+    write_dataset_json(out_dir, table, n_train,
+                       description=f"HaN-Seg cases from {src}. {t1_note}. Overlaps: smaller OAR wins. "
+                                   "Missing OARs are background; see conversion_report.json.",
+                       extra={"t1_channel": t1_mode})
+    rejected = [r["case"] for r in records if r["t1"]["t1_channel_zeros"]]
+    write_report(out_dir, records, {
+        "t1_mode": t1_mode, "t1_note": t1_note, "num_training": n_train, "num_test": len(records) - n_train,
+        "labels": table, "overlap_rule": "smaller OAR wins (masks painted largest to smallest)",
+        "t1_zeros_cases": rejected,
+        "cases_missing_oars": {r["case"]: r["oars_missing"] for r in records if r["oars_missing"]},
+    })
+    log.info("wrote %s: %d training, %d held out, %d labels, T1 zeros for %d cases", out_dir, n_train,
+             len(records) - n_train, len(table) - 1, len(rejected))
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", type=Path, required=True, help="folder holding case_XX/ folders (any depth)")
+    parser.add_argument("--out", type=Path, required=True, help="nnUNet_raw folder")
+    parser.add_argument("--dataset-id", type=int, default=601)
+    parser.add_argument("--name", default=DEFAULT_DATASET_NAME)
+    parser.add_argument("--test-cases", nargs="*", default=[])
+    parser.add_argument("--t1", choices=("registered", "zeros"), default="registered")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--all-labels", action="store_true", help="all 30 OARs in dataset.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    convert(args.src, args.out, args.dataset_id, args.name, args.test_cases, args.t1, args.workers, args.all_labels)
+
+
+if __name__ == "__main__":
+    main()

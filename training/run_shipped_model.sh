@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Train (or resume) the shipped CPU model: OpenKBP train-pats, CT + synthetic-T1, 2-D CPU recipe, folds 0 and 1.
+#
+# Idempotent and resumable: every step is skipped when its output exists; a fold with checkpoint_final.pth and a
+# finished validation is skipped, an unfinished fold continues from checkpoint_latest.pth (nnU-Net's --c). If the
+# local results folder has no checkpoint but training/checkpoints/ holds a committed snapshot, it is restored first.
+# Folds run CONCURRENTLY, one torch thread each (faster than two threads each on 2 shared cores; see README.md).
+#
+#   nohup training/run_shipped_model.sh > work_dirs/logs/run_shipped_model.log 2>&1 &
+#
+# Environment overrides: FOLDS ("0 1"), TRAINER (nnUNetTrainerCPU), CONFIG (2d), PLANS (nnUNetPlansCPU),
+# DATASET_ID (501), WORK (work_dirs), PYTHON (/work/venv/bin/python), NICE (10).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+PYTHON=${PYTHON:-/work/venv/bin/python}
+BIN=$(dirname "$PYTHON")
+WORK=${WORK:-$REPO/work_dirs}
+DATASET_ID=${DATASET_ID:-501}
+DATASET_NAME=${DATASET_NAME:-OpenKBPHaN}
+FOLDS=${FOLDS:-"0 1"}
+TRAINER=${TRAINER:-nnUNetTrainerCPU}
+CONFIG=${CONFIG:-2d}
+PLANS=${PLANS:-nnUNetPlansCPU}
+NICE=${NICE:-10}
+
+export nnUNet_raw=$WORK/nnUNet_raw nnUNet_preprocessed=$WORK/nnUNet_preprocessed nnUNet_results=$WORK/nnUNet_results
+export nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-1} HANSEG_TORCH_THREADS=${HANSEG_TORCH_THREADS:-1}
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+mkdir -p "$WORK/logs"
+DS=$(printf "Dataset%03d_%s" "$DATASET_ID" "$DATASET_NAME")
+log() { echo "$(date -u +%FT%TZ) run_shipped_model: $*"; }
+
+# 1. raw dataset (CT + synthetic T1 registered back; ~6 s per case)
+if [ ! -f "$nnUNet_raw/$DS/dataset.json" ]; then
+  log "converting OpenKBP -> $nnUNet_raw/$DS"
+  nice -n "$NICE" "$PYTHON" -m training.convert_openkbp --out "$nnUNet_raw" --dataset-id "$DATASET_ID" \
+    --name "$DATASET_NAME" --t1 synthetic
+fi
+# 2. fingerprint, default plans, CPU plans, preprocessing
+if [ ! -f "$nnUNet_preprocessed/$DS/nnUNetPlans.json" ]; then
+  log "fingerprint + default plans"
+  nice -n "$NICE" "$BIN/nnUNetv2_extract_fingerprint" -d "$DATASET_ID" -np 2 --verify_dataset_integrity
+  nice -n "$NICE" "$BIN/nnUNetv2_plan_experiment" -d "$DATASET_ID"
+fi
+if [ ! -f "$nnUNet_preprocessed/$DS/$PLANS.json" ]; then
+  "$PYTHON" -m training.cpu_plans -d "$DATASET_ID" --plans-name "$PLANS"
+fi
+DATA_ID=$("$PYTHON" -c "import json,sys; print(json.load(open(sys.argv[1]))['configurations'][sys.argv[2]]['data_identifier'])" \
+  "$nnUNet_preprocessed/$DS/$PLANS.json" "$CONFIG")
+if [ ! -d "$nnUNet_preprocessed/$DS/$DATA_ID" ]; then
+  log "preprocessing $PLANS $CONFIG"
+  nice -n "$NICE" "$BIN/nnUNetv2_preprocess" -d "$DATASET_ID" -plans_name "$PLANS" -c "$CONFIG" -np 2
+fi
+# 3. trainers into the installed nnunetv2 (copy)
+"$PYTHON" -m training.install_trainers --check >/dev/null 2>&1 || "$PYTHON" -m training.install_trainers
+# 4. restore committed checkpoints where the local run has none
+"$PYTHON" -m training.checkpoints restore --results "$nnUNet_results" || true
+
+# 5. train the folds concurrently
+RUN_DIR=$nnUNet_results/$DS/${TRAINER}__${PLANS}__${CONFIG}
+pids=()
+for f in $FOLDS; do
+  if [ -f "$RUN_DIR/fold_$f/checkpoint_final.pth" ] && [ -f "$RUN_DIR/fold_$f/validation/summary.json" ]; then
+    log "fold $f finished already"
+    continue
+  fi
+  log "training fold $f (continues from checkpoint_latest.pth if present), log $WORK/logs/fold_$f.log"
+  nice -n "$NICE" "$BIN/nnUNetv2_train" "$DATASET_ID" "$CONFIG" "$f" -tr "$TRAINER" -p "$PLANS" -device cpu --c \
+    >> "$WORK/logs/fold_$f.log" 2>&1 &
+  pids+=($!)
+  echo "${pids[-1]}" > "$WORK/logs/fold_$f.pid"
+done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=$?; done
+log "done (status $status)"
+exit $status
