@@ -148,18 +148,28 @@ def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions
     channels = prepare_channels(case, ct, predictor.model.mr_channel, predictor.model.num_input_channels)
     labels = predictor.predict(channels, ct.GetSpacing())
     image = to_label_image(labels, ct)
-    if options.qa_dir is not None:
-        from evaluation.qa import write_qa
-
-        mr_on_ct = None
-        if len(channels) > 1 and channels[1].any():
-            mr_on_ct = sitk.GetImageFromArray(channels[1])
-            mr_on_ct.CopyInformation(ct)
-        write_qa(ct, image, options.qa_dir, case.case_id, mr=mr_on_ct)
     write_image_atomic(image, output_path)
+    if options.qa_dir is not None:
+        write_case_qa(case, ct, image, channels, options.qa_dir)
     present = np.unique(labels)
     log.info("case %s done in %.1f s: %d OARs labelled -> %s", case.case_id, time.perf_counter() - start,
              int((present > 0).sum()), output_path)
+
+
+def write_case_qa(case: CaseInputs, ct: sitk.Image, labels: sitk.Image, channels: list[np.ndarray],
+                  qa_dir: Path) -> None:
+    """Quality-control PNG and per-OAR volumes for one case (the MR row shows the registered MR, if any)."""
+    from evaluation.qa import write_qa
+
+    mr_on_ct = None
+    if len(channels) > 1 and channels[1].any():
+        mr_on_ct = sitk.GetImageFromArray(channels[1])
+        mr_on_ct.CopyInformation(ct)
+    try:
+        written = write_qa(ct, labels, qa_dir, case.case_id, mr=mr_on_ct)
+    except ValueError as err:
+        raise OutputError(qa_dir, f"cannot make the QA picture of case {case.case_id} ({err})") from None
+    log.info("QA: %s", ", ".join(str(p) for p in written))
 
 
 def build_predictor(options: RunOptions):  # noqa: ANN201 - imported lazily to keep --help fast
