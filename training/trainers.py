@@ -17,7 +17,7 @@ Trainers
 
 ``nnUNetTrainerCPU``
     The recipe that learns on 2 CPU cores (training/README.md has the measurements): modality dropout, AdamW
-    (lr 1e-3, weight decay 1e-4) with a linear warm-up then polynomial decay, 50 short epochs (100 iterations, 10
+    (lr 1e-3, weight decay 1e-4) with a linear warm-up then polynomial decay, 30 short epochs (100 iterations, 10
     validation iterations) with a checkpoint after every epoch, 66 % foreground oversampling, no mirroring (the
     labels are lateralised: Parotid_L/R), and inference mirroring disabled. ``nnUNetTrainerCPU_<N>ep`` variants
     only change the number of epochs (and so the schedule): pick the class name, not an environment variable, so
@@ -103,7 +103,7 @@ class nnUNetTrainerModalityDropout(nnUNetTrainer):
 class nnUNetTrainerCPU(nnUNetTrainerModalityDropout):
     """The CPU recipe (see module docstring and training/README.md)."""
 
-    recipe_epochs: int = 50
+    recipe_epochs: int = 30
     recipe_iterations: int = 100
     recipe_val_iterations: int = 10
     recipe_lr: float = 1e-3
