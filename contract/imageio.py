@@ -24,6 +24,9 @@ SUPPORTED_EXTENSIONS: tuple[str, ...] = (".mha", ".mhd", ".nrrd", ".nii.gz", ".n
 MAX_SPACING_MM = 20.0
 """Largest voxel spacing accepted on any axis; anything coarser is not a planning image."""
 
+MAX_NONFINITE_FRACTION = 0.01
+"""Up to this fraction of NaN/inf voxels is repaired (set to the image minimum) with a warning; more is refused."""
+
 
 def image_extension(path: str | Path) -> str | None:
     """Return the supported extension of ``path`` (e.g. ``.nii.gz``), or None if it is not supported."""
@@ -69,7 +72,7 @@ def read_image(path: str | Path, role: str = "image") -> sitk.Image:
         reason = next((line for line in reversed(detail) if line.strip()), "unknown reader error")
         raise InputError(path, f"cannot read {role} image ({reason.strip()[:200]})") from None
     check_image(image, path, role)
-    return image
+    return repair_intensities(image, path, role)
 
 
 def check_image(image: sitk.Image, path: str | Path, role: str = "image") -> None:
@@ -124,3 +127,32 @@ def write_image_atomic(image: sitk.Image, path: str | Path, compress: bool = Tru
         message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise OutputError(path, f"cannot write output image ({message[:200]})") from None
     log.info("wrote %s", path)
+
+
+def repair_intensities(image: sitk.Image, path: str | Path, role: str = "image") -> sitk.Image:
+    """Refuse images without usable intensities; repair a few non-finite voxels.
+
+    NaN/inf voxels (float images only) are replaced by the smallest finite value (air, for a CT) with a warning
+    if they are at most ``MAX_NONFINITE_FRACTION`` of the image. A constant image carries no anatomy.
+
+    Raises:
+        InputError: naming ``path`` if too many voxels are non-finite or the image is constant.
+    """
+    values = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(values.dtype, np.floating):
+        finite = np.isfinite(values)
+        n_bad = int(values.size - np.count_nonzero(finite))
+        if n_bad:
+            fraction = n_bad / values.size
+            if fraction > MAX_NONFINITE_FRACTION or n_bad == values.size:
+                raise InputError(path, f"{role} has {n_bad} NaN/inf voxels ({fraction:.1%} of the image)")
+            fill = float(values[finite].min())
+            log.warning("%s: %d NaN/inf voxels (%.3f%%) set to %g", path, n_bad, 100 * fraction, fill)
+            repaired = np.where(finite, values, fill).astype(values.dtype)
+            fixed = sitk.GetImageFromArray(repaired)
+            fixed.CopyInformation(image)
+            image, values = fixed, sitk.GetArrayViewFromImage(fixed)
+    low, high = values.min(), values.max()
+    if low == high:
+        raise InputError(path, f"{role} is constant (every voxel is {low}): no anatomy to segment")
+    return image

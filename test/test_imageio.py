@@ -16,7 +16,7 @@ from test.conftest import write_image
 
 
 def _volume(path, spacing=(1.0, 1.0, 2.0)):
-    return write_image(np.zeros((4, 5, 6), np.int16), path, spacing=spacing)
+    return write_image(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6), path, spacing=spacing)
 
 
 def test_reads_every_supported_format(tmp_path):
@@ -30,7 +30,7 @@ def test_reads_every_supported_format(tmp_path):
     ("make", "message"),
     [
         (lambda p: p.with_suffix(".png"), "unsupported CT file type"),
-        (lambda p: write_image(np.zeros((5, 6), np.int16), p), "must be a 3-D image"),
+        (lambda p: write_image(np.ones((5, 6), np.int16), p), "must be a 3-D image"),
         (lambda p: write_image(np.zeros((3, 4, 5, 3), np.uint8), p), "vector or RGB"),
         (lambda p: _volume(p, spacing=(1.0, 1.0, 50.0)), "invalid voxel spacing"),
         (lambda p: write_image(np.zeros((1, 5, 6), np.int16), p), "at least 2 voxels"),
@@ -110,3 +110,24 @@ def test_dataset_layout_is_detected_and_listed(tmp_path):
     assert [c.case_id for c in cases] == ["case_01", "case_02"]
     assert cases[0].mr_path is not None and cases[1].mr_path is None
     assert [p.name for p, _ in problems] == ["case_03"]
+
+
+def test_a_few_nan_voxels_are_repaired_with_a_warning(tmp_path, caplog):
+    data = np.linspace(-1000, 1000, 4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    data[1, 2, 3] = np.nan
+    image = read_image(write_image(data, tmp_path / "ct.mha"), "CT")
+    repaired = sitk.GetArrayFromImage(image)
+    assert np.isfinite(repaired).all() and repaired[1, 2, 3] == -1000
+    assert "NaN/inf voxels" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (np.full((4, 5, 6), np.inf, np.float32), "120 NaN/inf voxels"),
+        (np.full((4, 5, 6), 7, np.int16), "constant"),
+    ],
+)
+def test_images_without_usable_intensities_are_refused(tmp_path, data, message):
+    with pytest.raises(InputError, match=message):
+        read_image(write_image(data, tmp_path / "ct.mha"), "CT")
