@@ -56,6 +56,8 @@ class RunOptions:
     qa_dir: Path | None = None
     threads: int | None = None
     progress: bool = True
+    fast: bool = False
+    time_budget: float | None = None
 
 
 def resolve_model_dir(cli_value: Path | None) -> Path:
@@ -87,11 +89,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--qa", type=Path, metavar="DIR", help="also write quality-control PNGs and volumes here")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all available cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--fast", action="store_true",
+                        help="fast CPU mode: bf16 where the CPU has it, mirroring over one axis (model/fast.py)")
+    parser.add_argument("--time-budget", type=float, metavar="SECONDS", default=_env_float("HANSEG_TIME_BUDGET"),
+                        help="finish each case within this many seconds by reducing folds / mirroring / tile step "
+                        "(default: $HANSEG_TIME_BUDGET, else no budget)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if not 0 < args.tile_step <= 1:
         parser.error(f"--tile-step must be in (0, 1], got {args.tile_step}")
+    if args.time_budget is not None and args.time_budget <= 0:
+        parser.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
     return args
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def prepare_channels(case: CaseInputs, ct: sitk.Image, mr_channel: int | None, n_channels: int) -> list[np.ndarray]:
@@ -186,7 +203,7 @@ def build_predictor(options: RunOptions):  # noqa: ANN201 - imported lazily to k
         model,
         select_device(options.device),
         PredictorOptions(use_mirroring=options.use_mirroring, tile_step=options.tile_step,
-                         progress=options.progress),
+                         progress=options.progress, fast=options.fast, time_budget=options.time_budget),
     )
 
 
@@ -239,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         qa_dir=args.qa,
         threads=args.threads,
         progress=not args.no_progress,
+        fast=args.fast,
+        time_budget=args.time_budget,
     )
     try:
         return run(input_root, output_root, options)

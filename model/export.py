@@ -2,31 +2,71 @@
 
 Steps (the reverse of preprocessing): resample the logits from the configuration spacing to the cropped CT shape
 (linear; nearest on a separate coarse axis), argmax, paste into the uncropped volume, undo ``transpose_forward``,
-map model label indices to HaN-Seg values by name. The resampling and argmax run in chunks along the first
-axis so that the full-resolution float logits of all classes never sit in memory at once.
+map model label indices to HaN-Seg values by name.
+
+Lean and fast, with nnU-Net's answer:
+
+- Linear interpolation is a convex combination of the source voxels around an output voxel (its "cell": 2 per
+  linear axis, 1 on a nearest axis). If one class is the argmax at every corner of a cell, it is the argmax of any
+  convex combination of them, so every output voxel in that cell gets that label without touching the other
+  classes. Only output voxels in *mixed* cells (near label borders) are interpolated, class by class, with the
+  same separable lerps (same order, float32, rounded to fp16 before the argmax) as the dense computation.
+- Everything runs in chunks of output rows along the first axis: the full-resolution float logits of all classes
+  never sit in memory at once (a chunk of mixed voxels holds at most ``CHUNK_VOXELS`` voxels x K classes).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from preprocessing.preprocess import PreprocessedCase
-from preprocessing.resampling import _nearest_indices, linear_weights, resample_axis, separate_z_axis
+from preprocessing.resampling import _nearest_indices, linear_weights, separate_z_axis
 
-CHUNK_VOXELS = 16 * 1024 * 1024
-"""Target number of output voxels per chunk (per class); bounds the float32 working memory."""
+log = logging.getLogger(__name__)
+
+CHUNK_VOXELS = 4 * 1024 * 1024
+"""Output voxels per chunk of rows: bounds the label/index temporaries of one chunk (a few bytes per voxel)."""
+POINTS_PER_BATCH = 256 * 1024
+"""Mixed voxels interpolated at once: about 6 float32 ``(K, POINTS_PER_BATCH)`` temporaries are alive at a time."""
 
 
-def _source_rows(old_size: int, new_size: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """For each output row along axis 0: lowest and highest source row it reads."""
-    if mode == "nearest":
-        idx = _nearest_indices(old_size, new_size)
-        return idx, idx
-    lower, upper, _ = linear_weights(old_size, new_size)
-    return lower, upper
+@dataclass(frozen=True)
+class _AxisMap:
+    """For each output index along one axis: lower/upper source index and the float32 weight of the upper one."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    weight: np.ndarray
+
+    @staticmethod
+    def build(old_size: int, new_size: int, mode: str) -> _AxisMap:
+        if mode == "none":
+            idx = np.arange(new_size)
+            return _AxisMap(idx, idx, np.zeros(new_size, dtype=np.float32))
+        if mode == "nearest":
+            idx = _nearest_indices(old_size, new_size)
+            return _AxisMap(idx, idx, np.zeros(new_size, dtype=np.float32))
+        lower, upper, weight = linear_weights(old_size, new_size)
+        return _AxisMap(lower, upper, weight.astype(np.float32))
+
+
+def _cell_uniform(coarse: torch.Tensor, linear_axes: Sequence[int]) -> torch.Tensor:
+    """``uniform[i, j, k]``: the label ``coarse`` is the same on all corners of the cell starting at ``(i, j, k)``
+    (2 corners on each linear axis, the upper one clamped at the edge)."""
+    low, high = coarse.clone(), coarse.clone()
+    for axis in linear_axes:
+        n = coarse.shape[axis]
+        if n < 2:
+            continue
+        nxt = torch.arange(1, n + 1).clamp_(max=n - 1)
+        low = torch.minimum(low, low.index_select(axis, nxt))
+        high = torch.maximum(high, high.index_select(axis, nxt))
+    return low == high
 
 
 def logits_to_labels(
@@ -36,10 +76,10 @@ def logits_to_labels(
     target_spacing: Sequence[float],
     force_separate_z: bool | None = None,
 ) -> np.ndarray:
-    """Argmax of ``logits`` resampled to ``target_shape``, computed chunk by chunk.
+    """Argmax of ``logits`` resampled to ``target_shape``, computed chunk by chunk (see the module docstring).
 
     Args:
-        logits: ``(K, *spatial)`` logits on the model grid (any float dtype, any device).
+        logits: ``(K, *spatial)`` logits on the model grid (any float dtype; computed on the CPU).
         target_shape: spatial shape to resample to (voxels, same axis order).
         current_spacing, target_spacing: spacings (mm) of the logits grid and the target grid.
         force_separate_z: nnU-Net's ``resampling_fn_probabilities_kwargs['force_separate_z']``.
@@ -48,43 +88,84 @@ def logits_to_labels(
         ``uint8`` (or ``uint16`` for >255 classes) array of model label indices with ``target_shape``.
     """
     target_shape = tuple(int(s) for s in target_shape)
-    sep_axis = separate_z_axis(current_spacing, target_spacing, force_separate_z)
-    modes = ["nearest" if a == sep_axis else "linear" for a in range(len(target_shape))]
-    dtype = np.uint8 if logits.shape[0] <= 256 else np.uint16
-    out = np.zeros(target_shape, dtype=dtype)
-    if tuple(logits.shape[1:]) == target_shape:
+    logits = logits.cpu()
+    n_classes, source_shape = logits.shape[0], tuple(logits.shape[1:])
+    dtype = np.uint8 if n_classes <= 256 else np.uint16
+    if source_shape == target_shape:
         modes = ["none"] * len(target_shape)
+    else:
+        sep_axis = separate_z_axis(current_spacing, target_spacing, force_separate_z)
+        modes = ["nearest" if a == sep_axis else "linear" for a in range(len(target_shape))]
+    maps = [_AxisMap.build(o, n, m) for o, n, m in zip(source_shape, target_shape, modes)]
+    # Ties break on the first maximal index, as in nnU-Net (its resampled logits are fp16 too).
+    coarse = logits.argmax(0).to(torch.int16)
+    uniform = _cell_uniform(coarse, [a for a, m in enumerate(modes) if m == "linear"])
+    out = np.empty(target_shape, dtype=dtype)
     plane = int(np.prod(target_shape[1:]))
     rows_per_chunk = max(1, CHUNK_VOXELS // max(plane, 1))
-    first, last = _source_rows(logits.shape[1], target_shape[0], modes[0] if modes[0] != "none" else "nearest")
+    n_mixed = 0
     for start in range(0, target_shape[0], rows_per_chunk):
         stop = min(start + rows_per_chunk, target_shape[0])
-        if modes[0] == "none":
-            block = logits[:, start:stop].float()
-        else:
-            lo, hi = int(first[start:stop].min()), int(last[start:stop].max()) + 1
-            slab = logits[:, lo:hi].float()
-            for axis in range(1, len(target_shape)):
-                slab = resample_axis(slab, axis + 1, target_shape[axis], modes[axis])
-            block = _resample_rows(slab, lo, logits.shape[1], target_shape[0], start, stop, modes[0])
-        # Round to fp16 before the argmax, as nnU-Net stores resampled logits in the logits' dtype: near-ties
-        # then break the same way (first maximal index).
-        out[start:stop] = block.half().argmax(0).cpu().numpy().astype(dtype)
+        n_mixed += _fill_rows(out, logits, coarse, uniform, maps, start, stop)
+    log.debug("export: %d of %d output voxels interpolated (mixed cells)", n_mixed, out.size)
     return out
 
 
-def _resample_rows(
-    slab: torch.Tensor, offset: int, old_size: int, new_size: int, start: int, stop: int, mode: str
-) -> torch.Tensor:
-    """Output rows ``start:stop`` (axis 1 of ``slab``) from source rows ``offset:offset + slab.shape[1]``."""
-    if mode == "nearest":
-        idx = _nearest_indices(old_size, new_size)[start:stop] - offset
-        return slab.index_select(1, torch.from_numpy(idx).to(slab.device))
-    lower, upper, weight = linear_weights(old_size, new_size)
-    lo = torch.from_numpy(lower[start:stop] - offset).to(slab.device)
-    up = torch.from_numpy(upper[start:stop] - offset).to(slab.device)
-    w = torch.from_numpy(weight[start:stop]).to(slab.device, slab.dtype).reshape(1, -1, *[1] * (slab.ndim - 2))
-    return torch.lerp(slab.index_select(1, lo), slab.index_select(1, up), w)
+def _gather_cells(volume: torch.Tensor, maps: Sequence[_AxisMap], start: int, stop: int) -> torch.Tensor:
+    """``volume`` (spatial) sampled at each output voxel's cell origin (lower index per axis) for rows
+    ``start:stop``: separable gathers, one axis at a time."""
+    out = volume.index_select(0, torch.from_numpy(maps[0].lower[start:stop]))
+    for axis in range(1, len(maps)):
+        out = out.index_select(axis, torch.from_numpy(maps[axis].lower))
+    return out
+
+
+def _fill_rows(out: np.ndarray, logits: torch.Tensor, coarse: torch.Tensor, uniform: torch.Tensor,
+               maps: Sequence[_AxisMap], start: int, stop: int) -> int:
+    """Write output rows ``start:stop``; returns the number of voxels that needed interpolation."""
+    labels = _gather_cells(coarse, maps, start, stop)
+    mixed = ~_gather_cells(uniform, maps, start, stop)
+    positions = mixed.nonzero()  # (N, ndim), row index relative to start
+    if len(positions):
+        positions[:, 0] += start
+        batch = max(1, POINTS_PER_BATCH)
+        mixed_labels = torch.cat([
+            _interpolate_points(logits, maps, positions[i:i + batch]).half().argmax(0).to(labels.dtype)
+            for i in range(0, len(positions), batch)
+        ])
+        labels[mixed] = mixed_labels
+    out[start:stop] = labels.numpy().astype(out.dtype, copy=False)
+    return len(positions)
+
+
+def _interpolate_points(logits: torch.Tensor, maps: Sequence[_AxisMap], positions: torch.Tensor) -> torch.Tensor:
+    """``(K, N)`` float32 interpolated logits at output voxels ``positions`` (N, ndim).
+
+    Same arithmetic as resampling axis by axis (axes 1..n-1 first, then axis 0), each step a float32
+    ``torch.lerp`` between the lower and upper source value with the upper weight.
+    """
+    ndim = len(maps)
+    order = [*range(1, ndim), 0]
+    lower = [torch.from_numpy(maps[a].lower)[positions[:, a]] for a in range(ndim)]
+    upper = [torch.from_numpy(maps[a].upper)[positions[:, a]] for a in range(ndim)]
+    weight = [torch.from_numpy(maps[a].weight)[positions[:, a]] for a in range(ndim)]
+
+    def corner_value(fixed: dict[int, torch.Tensor]) -> torch.Tensor:
+        index = tuple(fixed[a] for a in range(ndim))
+        return logits[(slice(None), *index)].float()
+
+    def interp(level: int, fixed: dict[int, torch.Tensor]) -> torch.Tensor:
+        # Resolve the axes in reverse of the application order: the innermost lerp is the first axis applied.
+        if level < 0:
+            return corner_value(fixed)
+        axis = order[level]
+        a = interp(level - 1, {**fixed, axis: lower[axis]})
+        if maps[axis].lower is maps[axis].upper or bool((lower[axis] == upper[axis]).all()):
+            return a
+        b = interp(level - 1, {**fixed, axis: upper[axis]})
+        return torch.lerp(a, b, weight[axis])
+
+    return interp(ndim - 1, {})
 
 
 def labels_to_image_array(labels: np.ndarray, case: PreprocessedCase, lookup: Sequence[int]) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,10 +19,12 @@ from tqdm import tqdm
 
 from contract.errors import ModelFolderError
 from contract.labels import model_to_hanseg_lookup
+from model.budget import BudgetController, Plan, describe_loss, plan_for_budget, process_start_monotonic, time_forward
 from model.export import labels_to_image_array, logits_to_labels
+from model.fast import fast_settings
 from model.model_folder import ModelFolder
 from model.network import build_network, load_fold_weights
-from model.sliding_window import padded_shape, sliding_window_logits, tile_slicers
+from model.sliding_window import pad_to_patch, padded_shape, sliding_window_logits, tile_slicers
 from preprocessing.preprocess import PreprocessedCase, preprocess_case
 
 log = logging.getLogger(__name__)
@@ -35,11 +38,17 @@ class PredictorOptions:
         use_mirroring: mirroring test-time augmentation over the model's allowed axes.
         tile_step: sliding-window step as a fraction of the patch size, in (0, 1].
         progress: show a progress bar over tiles x folds.
+        fast: fast CPU mode (:mod:`model.fast`: bf16 autocast where the CPU has it, mirroring over one axis).
+        time_budget: wall seconds for a whole case, counted from process start for the first case and from the
+            end of the previous case after that; folds / mirroring / tile step are reduced to fit
+            (:mod:`model.budget`). None: no budget.
     """
 
     use_mirroring: bool = True
     tile_step: float = 0.5
     progress: bool = True
+    fast: bool = False
+    time_budget: float | None = None
 
 
 def available_cpu_threads() -> int:
@@ -65,40 +74,102 @@ class Predictor:
         load_fold_weights(self.network, model.folds[0].weights, str(model.folds[0].path))
         if device.type == "cpu":
             torch.set_num_threads(available_cpu_threads())
+        self.fast = fast_settings(device, model.mirror_axes, options.use_mirroring) if options.fast else None
+        self._clock_start = process_start_monotonic() or time.monotonic()
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
+        if self.fast is not None:
+            return self.fast.mirror_axes
         return self.model.mirror_axes if self.options.use_mirroring else ()
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return self.fast.autocast_dtype if self.fast is not None else None
+
+    def _n_tiles(self, case: PreprocessedCase, step: float) -> int:
+        config = self.model.configuration
+        return len(tile_slicers(padded_shape(case.data.shape[1:], config.patch_size), config.patch_size, step))
+
+    @torch.inference_mode()
+    def _time_one_pass(self, case: PreprocessedCase) -> float:
+        """Seconds of one forward pass on the first tile of this case (plus its Gaussian accumulation share)."""
+        config = self.model.configuration
+        data, _ = pad_to_patch(case.data, config.patch_size)
+        slicer = tile_slicers(data.shape[1:], config.patch_size, self.options.tile_step)[0]
+        tile = data[slicer][None].contiguous().to(self.device)
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else None
+
+        def run() -> None:
+            if autocast is None:
+                self.network(tile)
+            else:
+                with autocast:
+                    self.network(tile)
+
+        return time_forward(run)
+
+    def plan(self, case: PreprocessedCase) -> tuple[Plan, BudgetController | None]:
+        """The plan for this case: everything requested, or what fits the time budget (logged)."""
+        full = Plan(len(self.model.folds), tuple(self.mirror_axes), self.options.tile_step)
+        if self.options.time_budget is None:
+            return full, None
+        deadline = self._clock_start + self.options.time_budget
+        per_pass = self._time_one_pass(case)
+        export_s = estimate_export_seconds(case, self.model.num_classes)
+        plan, cost = plan_for_budget(deadline - time.monotonic(), per_pass, lambda s: self._n_tiles(case, s), full,
+                                     export_s)
+        lost = describe_loss(full, plan)
+        log.info("time budget %.0f s: %.0f s left, %.3f s per forward pass, export ~%.0f s -> %d folds, mirror axes "
+                 "%s, tile step %g (~%.0f s of sliding window)", self.options.time_budget,
+                 deadline - time.monotonic(), per_pass, export_s, plan.n_folds, plan.mirror_axes, plan.tile_step,
+                 cost)
+        if lost:
+            log.warning("time budget: gave up %s", "; ".join(lost))
+        controller = BudgetController(deadline, export_s, plan.mirror_axes, per_pass)
+        return plan, controller
 
     @torch.inference_mode()
     def predict_logits(self, case: PreprocessedCase) -> torch.Tensor:
-        """Mean fp16 logits of all folds on the model grid, ``(K, *spatial)``, on the CPU."""
+        """Mean fp16 logits of all (planned) folds on the model grid, ``(K, *spatial)``, on the CPU."""
         config = self.model.configuration
-        n_tiles = len(tile_slicers(padded_shape(case.data.shape[1:], config.patch_size), config.patch_size,
-                                   self.options.tile_step))
-        total = n_tiles * len(self.model.folds)
+        plan, controller = self.plan(case)
+        n_tiles = self._n_tiles(case, plan.tile_step)
+        folds = self.model.folds[:plan.n_folds]
         log.info(
-            "predicting: %d folds x %d tiles, patch %s, mirror axes %s", len(self.model.folds), n_tiles,
-            config.patch_size, self.mirror_axes,
+            "predicting: %d folds x %d tiles, patch %s, mirror axes %s%s", len(folds), n_tiles,
+            config.patch_size, plan.mirror_axes, f", {self.fast.describe()}" if self.fast else "",
         )
         summed: torch.Tensor | None = None
-        with tqdm(total=total, desc="tiles", unit="tile", disable=not self.options.progress, mininterval=2) as bar:
-            for fold in self.model.folds:
+        done = 0
+        with tqdm(total=n_tiles * len(folds), desc="tiles", unit="tile", disable=not self.options.progress,
+                  mininterval=2) as bar:
+            for fold in folds:
+                if controller is not None and done and not controller.fold_fits(n_tiles):
+                    msg = f"folds {len(folds)} -> {done} (running late)"
+                    controller.given_up.append(msg)
+                    log.warning("time budget: gave up %s", msg)
+                    break
+                if controller is not None:
+                    controller.mirror_axes = plan.mirror_axes
                 load_fold_weights(self.network, fold.weights, str(fold.path))
                 logits = sliding_window_logits(
                     self.network,
                     case.data,
                     config.patch_size,
                     self.model.num_classes,
-                    mirror_axes=self.mirror_axes,
-                    step_fraction=self.options.tile_step,
+                    mirror_axes=plan.mirror_axes,
+                    step_fraction=plan.tile_step,
                     device=self.device,
                     on_tile=bar.update,
+                    autocast_dtype=self.autocast_dtype,
+                    controller=controller,
                 ).to("cpu")
                 summed = logits if summed is None else summed.add_(logits)
+                done += 1
         assert summed is not None
-        if len(self.model.folds) > 1:
-            summed /= len(self.model.folds)
+        if done > 1:
+            summed /= done
         return summed
 
     def predict(self, channels: Sequence[np.ndarray], spacing_xyz: Sequence[float]) -> np.ndarray:
@@ -122,4 +193,30 @@ class Predictor:
             case.original_spacing,
             force_separate_z=kwargs.get("force_separate_z", False),
         )
-        return labels_to_image_array(labels, case, self.lookup)
+        result = labels_to_image_array(labels, case, self.lookup)
+        self._clock_start = time.monotonic()
+        return result
+
+
+def estimate_export_seconds(case: PreprocessedCase, num_classes: int) -> float:
+    """Rough wall seconds of :func:`model.export.logits_to_labels` for ``case`` on this machine now.
+
+    Times the cheap per-voxel part (cell gathers of one chunk of output rows) and scales it to the whole output,
+    times a factor for the interpolation of mixed (border) voxels and the paste/transpose/write.
+    """
+    from model import export
+
+    shape = case.shape_after_cropping
+    plane = int(np.prod(shape[1:]))
+    rows = max(1, min(shape[0], export.CHUNK_VOXELS // max(plane, 1)))
+    probe = torch.zeros(case.data.shape[1:], dtype=torch.int16)
+    maps = [export._AxisMap.build(o, n, "nearest") for o, n in zip(probe.shape, shape)]
+    start = time.perf_counter()
+    export._gather_cells(probe, maps, 0, rows)
+    per_row = (time.perf_counter() - start) / rows
+    return per_row * shape[0] * EXPORT_SAFETY_FACTOR * max(1.0, num_classes / 8)
+
+
+EXPORT_SAFETY_FACTOR = 6.0
+"""Export seconds per (cell-gather seconds x classes / 8): covers label gathers, mixed-voxel interpolation,
+uncropping and writing. Deliberately generous: overestimating costs quality, underestimating costs the deadline."""

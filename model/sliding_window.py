@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
@@ -18,6 +19,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
+from model.budget import BudgetController, mirror_passes
 from model.device import autocast_for
 
 log = logging.getLogger(__name__)
@@ -104,13 +106,19 @@ def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [c for i in range(len(dims)) for c in itertools.combinations(dims, i + 1)]
 
 
+def _widen(logits: torch.Tensor) -> torch.Tensor:
+    """bf16 network output as float32 (fp32 and CUDA's fp16 stay as they are, as in nnU-Net)."""
+    return logits.float() if logits.dtype == torch.bfloat16 else logits
+
+
 @torch.inference_mode()
 def predict_tile(network: nn.Module, tile: torch.Tensor, mirror_axes: Sequence[int]) -> torch.Tensor:
-    """Logits of one ``(1, C, ...)`` tile, averaged over the plain pass and every mirrored pass."""
-    prediction = network(tile)
+    """Logits of one ``(1, C, ...)`` tile, averaged over the plain pass and every mirrored pass (bf16 network
+    outputs are summed in float32)."""
+    prediction = _widen(network(tile))
     combos = mirror_combinations(mirror_axes)
     for axes in combos:
-        prediction += torch.flip(network(torch.flip(tile, axes)), axes)
+        prediction += _widen(torch.flip(network(torch.flip(tile, axes)), axes))
     if combos:
         prediction /= len(combos) + 1
     return prediction
@@ -126,6 +134,8 @@ def sliding_window_logits(
     step_fraction: float = 0.5,
     device: torch.device = torch.device("cpu"),
     on_tile: Callable[[], None] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    controller: BudgetController | None = None,
 ) -> torch.Tensor:
     """Gaussian-weighted sliding-window logits of one network over a whole preprocessed image.
 
@@ -138,6 +148,9 @@ def sliding_window_logits(
         step_fraction: tile step as a fraction of the patch size (0.5 = nnU-Net default).
         device: where the network runs; results are accumulated on the same device.
         on_tile: called after each tile (progress reporting).
+        autocast_dtype: run the network under CPU autocast to this dtype (fast mode: ``torch.bfloat16``);
+            None keeps the device default (fp32 on the CPU, fp16 autocast on CUDA).
+        controller: a time-budget controller that may switch mirroring off for the remaining tiles.
 
     Returns:
         ``(num_classes, *spatial)`` fp16 logits on ``device``.
@@ -147,10 +160,17 @@ def sliding_window_logits(
     logits = torch.zeros((num_classes, *spatial), dtype=torch.half, device=device)
     weight_sum = torch.zeros(spatial, dtype=torch.half, device=device)
     gaussian = gaussian_importance_map(tuple(patch_size), str(device))
-    with autocast_for(device):
-        for slicer in tile_slicers(spatial, patch_size, step_fraction):
+    slicers = tile_slicers(spatial, patch_size, step_fraction)
+    if controller is not None:
+        controller.start_fold(len(slicers))
+    with autocast_for(device) if autocast_dtype is None else torch.autocast(device.type, dtype=autocast_dtype):
+        for slicer in slicers:
             tile = data[slicer][None].contiguous()
-            prediction = predict_tile(network, tile, mirror_axes)[0]
+            axes = tuple(mirror_axes) if controller is None else controller.mirror_axes_for_tile()
+            started = time.perf_counter()
+            prediction = predict_tile(network, tile, axes)[0]
+            if controller is not None:
+                controller.tile_done(time.perf_counter() - started, mirror_passes(axes))
             prediction *= gaussian
             logits[slicer] += prediction
             weight_sum[slicer[1:]] += gaussian

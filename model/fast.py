@@ -1,0 +1,61 @@
+"""Fast CPU mode (``process.py --fast``): trade a little agreement with exact mode for speed.
+
+What it changes against exact mode (measured agreement and speed: ``benchmarks/README.md``):
+
+- bf16 autocast for the network on CPUs with native bf16 instructions (``avx512_bf16`` or AMX); logits are
+  still averaged and accumulated in float32 / fp16 as in exact mode. Off on CPUs without them (slower there).
+- mirroring test-time augmentation only over the last spatial axis (the left-right flip for nnU-Net's usual
+  z, y, x order): 2 forward passes per tile instead of 8 (3-D) or 4 (2-D).
+- the sliding-window step is kept (0.5): for small head-and-neck volumes the tile count barely changes with it.
+
+All folds are kept. Everything else (preprocessing, export) is the exact pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU advertises native bf16 arithmetic (Linux ``/proc/cpuinfo`` flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return any(flag in flags for flag in BF16_CPU_FLAGS)
+    except OSError:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class FastSettings:
+    """Resolved fast-mode settings for one device and model."""
+
+    autocast_dtype: torch.dtype | None
+    mirror_axes: tuple[int, ...]
+
+    def describe(self) -> str:
+        precision = "bf16 autocast" if self.autocast_dtype == torch.bfloat16 else "fp32"
+        return f"{precision}, mirror axes {self.mirror_axes}"
+
+
+def fast_settings(device: torch.device, model_mirror_axes: Sequence[int], use_mirroring: bool = True,
+                  bf16: bool | None = None) -> FastSettings:
+    """Fast-mode settings: bf16 autocast if the CPU has it (``bf16`` overrides), mirroring over the last axis."""
+    if bf16 is None:
+        bf16 = device.type == "cpu" and cpu_has_native_bf16()
+    axes = tuple(model_mirror_axes)
+    mirror = (max(axes),) if (use_mirroring and axes) else ()
+    settings = FastSettings(torch.bfloat16 if bf16 and device.type == "cpu" else None, mirror)
+    log.info("fast mode: %s", settings.describe())
+    return settings
