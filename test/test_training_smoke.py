@@ -40,7 +40,7 @@ def test_training_smoke(tmp_path: Path) -> None:
     env = dict(os.environ)
     env.update({
         "nnUNet_raw": str(work / "raw"), "nnUNet_preprocessed": str(work / "pre"), "nnUNet_results": str(work / "res"),
-        "nnUNet_n_proc_DA": "0", "HANSEG_TORCH_THREADS": "1", "PYTHONPATH": str(REPO),
+        "nnUNet_n_proc_DA": "1", "HANSEG_TORCH_THREADS": "1", "PYTHONPATH": str(REPO),
     })
     py = sys.executable
     _run([py, "-m", "training.convert_openkbp", "--out", env["nnUNet_raw"], "--dataset-id", "990",

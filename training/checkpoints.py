@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,9 +72,6 @@ def snapshot(results: Path, dest: Path = SNAPSHOT_ROOT, max_mb: float = 20.0) ->
         for other in CHECKPOINT_NAMES:  # keep only the newest kind
             if other != src.name and (out_dir / other).exists():
                 (out_dir / other).unlink()
-        for extra in ("progress.png",):
-            if (fold_dir / extra).exists():
-                shutil.copyfile(fold_dir / extra, out_dir / extra)
         log.info("%s: %s epoch %s -> %s (%.1f MB)", rel, src.name, ckpt.get("current_epoch"), out, size_mb)
         written.append(out)
     return written
