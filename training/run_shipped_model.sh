@@ -9,7 +9,9 @@
 #   nohup training/run_shipped_model.sh > work_dirs/logs/run_shipped_model.log 2>&1 &
 #
 # Environment overrides: FOLDS ("0 1"), TRAINER (nnUNetTrainerCPU), CONFIG (2d), PLANS (nnUNetPlansCPU),
-# DATASET_ID (501), WORK (work_dirs), PYTHON (/work/venv/bin/python), NICE (10).
+# DATASET_ID (501), WORK (work_dirs), PYTHON (/work/venv/bin/python), NICE (10), EXPORT=1 (export to weights/
+# and run the held-out evaluation when all folds are finished), DRY_RUN=1 (only print the
+# training commands; the data steps still run if their outputs are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -66,12 +68,29 @@ for f in $FOLDS; do
     continue
   fi
   log "training fold $f (continues from checkpoint_latest.pth if present), log $WORK/logs/fold_$f.log"
+  if pgrep -f "nnUNetv2_train $DATASET_ID $CONFIG $f -tr $TRAINER " >/dev/null; then
+    log "fold $f is already being trained by another process: not started twice"
+    continue
+  fi
+  if [ -n "${DRY_RUN:-}" ]; then
+    echo nice -n "$NICE" "$BIN/nnUNetv2_train" "$DATASET_ID" "$CONFIG" "$f" -tr "$TRAINER" -p "$PLANS" -device cpu --c
+    continue
+  fi
   nice -n "$NICE" "$BIN/nnUNetv2_train" "$DATASET_ID" "$CONFIG" "$f" -tr "$TRAINER" -p "$PLANS" -device cpu --c \
     >> "$WORK/logs/fold_$f.log" 2>&1 &
   pids+=($!)
   echo "${pids[-1]}" > "$WORK/logs/fold_$f.pid"
 done
 status=0
-for p in "${pids[@]}"; do wait "$p" || status=$?; done
-log "done (status $status)"
+for p in "${pids[@]+"${pids[@]}"}"; do wait "$p" || status=$?; done
+log "training done (status $status)"
+
+# 6. optional: export to weights/ and measure on the held-out cases once every fold is finished
+if [ "$status" = 0 ] && [ -n "${EXPORT:-}" ] && [ -z "${DRY_RUN:-}" ]; then
+  for f in $FOLDS; do [ -f "$RUN_DIR/fold_$f/checkpoint_final.pth" ] || { log "fold $f unfinished: no export"; exit 0; }; done
+  # shellcheck disable=SC2086
+  "$PYTHON" -m training.export_model --run "$RUN_DIR" --folds $FOLDS --out "$REPO/weights"
+  nice -n "$NICE" "$PYTHON" -m training.evaluate_heldout --model "$REPO/weights" --raw "$nnUNet_raw/$DS" \
+    --work "$WORK/heldout_eval"
+fi
 exit $status
