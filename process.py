@@ -232,9 +232,9 @@ def run_dataset(input_root: Path, output_root: Path, options: RunOptions) -> int
         except (InputError, OutputError) as err:
             log.error("case %s failed: %s", case.case_id, err)
             failed.append((case.ct_path.parent, err))
+    log.info("dataset mode: %d of %d cases written to %s", written, written + len(failed), output_root)
     for folder, err in failed:
         print(f"error: case {folder.name}: {err}", file=sys.stderr)
-    log.info("dataset mode: %d of %d cases written to %s", written, written + len(failed), output_root)
     return EXIT_INPUT if failed else EXIT_OK
 
 

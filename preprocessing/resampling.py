@@ -137,4 +137,4 @@ def linear_weights(old_size: int, new_size: int) -> tuple[np.ndarray, np.ndarray
     src = np.maximum(scale * (np.arange(new_size) + 0.5) - 0.5, 0.0)
     lower = np.minimum(np.floor(src).astype(np.int64), old_size - 1)
     upper = np.minimum(lower + 1, old_size - 1)
-    return lower, upper, (src - lower).astype(np.float32)
+    return lower, upper, src - lower
