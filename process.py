@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from contract.errors import InputError, ModelFolderError, OutputError
-from contract.imageio import read_image, write_image_atomic
+from contract.imageio import check_extent, read_image, read_scan, repair_intensities, write_image_atomic
 from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_dataset_cases, find_folder_case, is_dataset_root
 from contract.labels import MAX_LABEL
 
@@ -122,24 +122,38 @@ def prepare_channels(case: CaseInputs, ct: sitk.Image, mr_channel: int | None, n
         return channels
     if n_channels != 2 or mr_channel != 1:
         raise ModelFolderError("dataset.json", f"unsupported channel layout: {n_channels} channels, MR at {mr_channel}")
-    mr_array = None
+    mr_array = None if case.mr_path is None else registered_mr(case.mr_path, ct)
     if case.mr_path is None:
         log.warning("no T1 MR for case %s: predicting from the CT alone", case.case_id)
-    else:
-        from preprocessing.registration import register_mr_to_ct, resample_mr_to_ct
-
-        mr = read_image(case.mr_path, "T1 MR")
-        result = register_mr_to_ct(ct, mr)
-        if result.accepted:
-            log.info("MR registered to CT in %.1f s (%s)", result.seconds, _format_metrics(result.metrics))
-            mr_array = sitk.GetArrayFromImage(resample_mr_to_ct(mr, ct, result.ct_to_mr)).astype(np.float32)
-        else:
-            log.warning("%s: MR-to-CT registration failed its quality check (%s): predicting from the CT alone",
-                        case.mr_path, result.reason)
     if mr_array is None:
         mr_array = np.full_like(ct_array, MR_DROPOUT_FILL)
     channels.append(mr_array)
     return channels
+
+
+def registered_mr(mr_path: Path, ct: sitk.Image) -> np.ndarray | None:
+    """The MR resampled onto the CT grid (numpy z, y, x), or None with a warning if it cannot be used.
+
+    A file that cannot be read as a 3-D scalar image is an input error (raised). An MR that reads but has no
+    usable intensities, or whose registration fails its quality check, is dropped: the case is predicted from
+    the CT alone, as the model was trained to do under modality dropout.
+    """
+    from preprocessing.registration import register_mr_to_ct, resample_mr_to_ct
+
+    mr = read_image(mr_path, "T1 MR")
+    try:
+        check_extent(mr, mr_path, "T1 MR")
+        mr = repair_intensities(mr, mr_path, "T1 MR")
+    except InputError as err:
+        log.warning("%s: predicting from the CT alone", err)
+        return None
+    result = register_mr_to_ct(ct, mr)
+    if not result.accepted:
+        log.warning("%s: MR-to-CT registration failed its quality check (%s): predicting from the CT alone",
+                    mr_path, result.reason)
+        return None
+    log.info("MR registered to CT in %.1f s (%s)", result.seconds, _format_metrics(result.metrics))
+    return sitk.GetArrayFromImage(resample_mr_to_ct(mr, ct, result.ct_to_mr)).astype(np.float32)
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
@@ -161,7 +175,7 @@ def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions
     """Segment one case and write its label map atomically to ``output_path``."""
     start = time.perf_counter()
     log.info("case %s: CT %s, MR %s", case.case_id, case.ct_path, case.mr_path or "none")
-    ct = read_image(case.ct_path, "CT")
+    ct = read_scan(case.ct_path, "CT")
     channels = prepare_channels(case, ct, predictor.model.mr_channel, predictor.model.num_input_channels)
     labels = predictor.predict(channels, ct.GetSpacing())
     image = to_label_image(labels, ct)

@@ -24,6 +24,9 @@ SUPPORTED_EXTENSIONS: tuple[str, ...] = (".mha", ".mhd", ".nrrd", ".nii.gz", ".n
 MAX_SPACING_MM = 20.0
 """Largest voxel spacing accepted on any axis; anything coarser is not a planning image."""
 
+MIN_EXTENT_MM = 20.0
+"""Smallest physical extent (size x spacing) accepted on any axis: a head-and-neck image is far larger."""
+
 MAX_NONFINITE_FRACTION = 0.01
 """Up to this fraction of NaN/inf voxels is repaired (set to the image minimum) with a warning; more is refused."""
 
@@ -72,6 +75,14 @@ def read_image(path: str | Path, role: str = "image") -> sitk.Image:
         reason = next((line for line in reversed(detail) if line.strip()), "unknown reader error")
         raise InputError(path, f"cannot read {role} image ({reason.strip()[:200]})") from None
     check_image(image, path, role)
+    return image
+
+
+def read_scan(path: str | Path, role: str) -> sitk.Image:
+    """Read a patient scan given to the algorithm (CT or MR): :func:`read_image`, plus a minimum physical
+    extent and usable intensities (see :func:`check_extent`, :func:`repair_intensities`)."""
+    image = read_image(path, role)
+    check_extent(image, path, role)
     return repair_intensities(image, path, role)
 
 
@@ -127,6 +138,15 @@ def write_image_atomic(image: sitk.Image, path: str | Path, compress: bool = Tru
         message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise OutputError(path, f"cannot write output image ({message[:200]})") from None
     log.info("wrote %s", path)
+
+
+def check_extent(image: sitk.Image, path: str | Path, role: str = "image") -> None:
+    """Refuse a scan smaller than ``MIN_EXTENT_MM`` along any axis (physical size = voxels x spacing)."""
+    extent = np.asarray(image.GetSpacing()) * np.asarray(image.GetSize())
+    if np.any(extent < MIN_EXTENT_MM):
+        raise InputError(
+            path, f"{role} covers only {tuple(np.round(extent, 1))} mm (x, y, z); at least {MIN_EXTENT_MM} mm per axis"
+        )
 
 
 def repair_intensities(image: sitk.Image, path: str | Path, role: str = "image") -> sitk.Image:

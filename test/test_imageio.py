@@ -10,12 +10,12 @@ import pytest
 import SimpleITK as sitk
 
 from contract.errors import InputError, OutputError
-from contract.imageio import image_stem, read_image, write_image_atomic
+from contract.imageio import image_stem, read_image, read_scan, write_image_atomic
 from contract.inputs import find_dataset_cases, find_folder_case, is_dataset_root
 from test.conftest import write_image
 
 
-def _volume(path, spacing=(1.0, 1.0, 2.0)):
+def _volume(path, spacing=(5.0, 5.0, 5.0)):
     return write_image(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6), path, spacing=spacing)
 
 
@@ -33,6 +33,7 @@ def test_reads_every_supported_format(tmp_path):
         (lambda p: write_image(np.ones((5, 6), np.int16), p), "must be a 3-D image"),
         (lambda p: write_image(np.zeros((3, 4, 5, 3), np.uint8), p), "vector or RGB"),
         (lambda p: _volume(p, spacing=(1.0, 1.0, 50.0)), "invalid voxel spacing"),
+        (lambda p: _volume(p, spacing=(1.0, 1.0, 2.0)), "covers only"),
         (lambda p: write_image(np.zeros((1, 5, 6), np.int16), p), "at least 2 voxels"),
     ],
 )
@@ -41,7 +42,7 @@ def test_unusable_images_are_refused_naming_the_file(tmp_path, make, message):
     if path.suffix == ".png":
         path.write_bytes(b"\x89PNG")
     with pytest.raises(InputError, match=message) as err:
-        read_image(path, "CT")
+        read_scan(path, "CT")
     assert str(path) in str(err.value)
 
 
@@ -115,7 +116,7 @@ def test_dataset_layout_is_detected_and_listed(tmp_path):
 def test_a_few_nan_voxels_are_repaired_with_a_warning(tmp_path, caplog):
     data = np.linspace(-1000, 1000, 4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     data[1, 2, 3] = np.nan
-    image = read_image(write_image(data, tmp_path / "ct.mha"), "CT")
+    image = read_scan(write_image(data, tmp_path / "ct.mha", spacing=(5.0, 5.0, 5.0)), "CT")
     repaired = sitk.GetArrayFromImage(image)
     assert np.isfinite(repaired).all() and repaired[1, 2, 3] == -1000
     assert "NaN/inf voxels" in caplog.text
@@ -130,4 +131,4 @@ def test_a_few_nan_voxels_are_repaired_with_a_warning(tmp_path, caplog):
 )
 def test_images_without_usable_intensities_are_refused(tmp_path, data, message):
     with pytest.raises(InputError, match=message):
-        read_image(write_image(data, tmp_path / "ct.mha"), "CT")
+        read_scan(write_image(data, tmp_path / "ct.mha", spacing=(5.0, 5.0, 5.0)), "CT")
