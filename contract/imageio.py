@@ -144,9 +144,8 @@ def check_extent(image: sitk.Image, path: str | Path, role: str = "image") -> No
     """Refuse a scan smaller than ``MIN_EXTENT_MM`` along any axis (physical size = voxels x spacing)."""
     extent = np.asarray(image.GetSpacing()) * np.asarray(image.GetSize())
     if np.any(extent < MIN_EXTENT_MM):
-        raise InputError(
-            path, f"{role} covers only {tuple(np.round(extent, 1))} mm (x, y, z); at least {MIN_EXTENT_MM} mm per axis"
-        )
+        covered = tuple(round(float(e), 1) for e in extent)
+        raise InputError(path, f"{role} covers only {covered} mm (x, y, z); at least {MIN_EXTENT_MM} mm per axis")
 
 
 def repair_intensities(image: sitk.Image, path: str | Path, role: str = "image") -> sitk.Image:
