@@ -87,7 +87,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tile-step", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch (0 < step <= 1; default 0.5)")
     parser.add_argument("--qa", type=Path, metavar="DIR", help="also write quality-control PNGs and volumes here")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: all available cores)")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("HANSEG_THREADS", "0")) or None,
+                        help="CPU threads (default: $HANSEG_THREADS, else all available cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--fast", action="store_true",
                         help="fast CPU mode: bf16 where the CPU has it, mirroring over one axis (model/fast.py)")
@@ -208,17 +209,19 @@ def build_predictor(options: RunOptions):  # noqa: ANN201 - imported lazily to k
     from model.model_folder import load_model_folder
     from model.predictor import Predictor, PredictorOptions
 
-    if options.threads:
-        import torch
-
-        torch.set_num_threads(options.threads)
     model = load_model_folder(options.model_dir, list(options.folds) if options.folds else None)
-    return Predictor(
+    predictor = Predictor(
         model,
         select_device(options.device),
         PredictorOptions(use_mirroring=options.use_mirroring, tile_step=options.tile_step,
                          progress=options.progress, fast=options.fast, time_budget=options.time_budget),
     )
+    if options.threads:  # after the predictor, which defaults to every available core
+        import torch
+
+        torch.set_num_threads(options.threads)
+        log.info("CPU threads: %d", options.threads)
+    return predictor
 
 
 def run(input_root: Path, output_root: Path, options: RunOptions) -> int:
