@@ -104,7 +104,8 @@ def export(run: Path, folds: list[str], out: Path, allow_unfinished: bool = Fals
         (out / f"fold_{fold}").mkdir(exist_ok=True)
         torch.save(stripped, out / f"fold_{fold}" / "checkpoint_final.pth")
         summary["folds"][fold] = {"source": src.name, "epochs_done": ckpt.get("current_epoch"),
-                                  "finished": src.name == "checkpoint_final.pth"}
+                                  "finished": src.name == "checkpoint_final.pth",
+                                  "trainer": ckpt.get("trainer_name")}
         log.info("fold %s: exported %s (epoch %s)", fold, src, ckpt.get("current_epoch"))
     for stale in out.glob("fold_*"):
         if stale.is_dir() and stale.name.removeprefix("fold_") not in folds:

@@ -33,6 +33,23 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def curve_markdown(curves: dict[str, Any], every: int = 3) -> str:
+    """Markdown table of the training curves: per fold, every ``every``-th epoch and the last one:
+    cumulative minutes, mean pseudo Dice and pseudo Dice per label."""
+    lines = ["| fold | epoch | iterations | cumulative min | mean pseudo Dice | per label |",
+             "|---|---|---|---|---|---|"]
+    for fold, c in curves.items():
+        secs = c.get("epoch_seconds", [])
+        pd = c.get("pseudo_dice_per_label", [])
+        mean = c.get("mean_pseudo_dice", [])
+        n = len(pd)
+        for e in sorted({*range(0, n, every), n - 1} - {-1}):
+            minutes = sum(secs[: e + 1]) / 60
+            lines.append(f"| {fold.removeprefix('fold_')} | {e} | {(e + 1) * 100} | {minutes:.0f} | "
+                         f"{mean[e]:.3f} | " + " / ".join(f"{v:.2f}" for v in pd[e]) + " |")
+    return "\n".join(lines)
+
+
 def write_model_card(out: Path, summary: dict[str, Any], curves: dict[str, Any],
                      train_command: str | None = None) -> Path:
     """Write ``out/README.md`` from the export summary and training curves; keep an existing held-out table."""
@@ -102,6 +119,10 @@ Size: {summary['size_mb']} MB.
 | fold | checkpoint | epochs | train minutes | mean pseudo Dice (last epoch) | per label ({' / '.join(labels)}) |
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+Curve (iterations = epochs x 100; minutes are wall time on the shared machine, both folds training at once):
+
+{curve_markdown(curves, every=5)}
 
 ## Held-out evaluation (4 OpenKBP validation-pats; Dice and HD95 per OAR, with and without the T1 channel)
 {heldout}

@@ -9,7 +9,7 @@
 #   nohup training/run_shipped_model.sh > work_dirs/logs/run_shipped_model.log 2>&1 &
 #
 # Environment overrides: FOLDS ("0 1"), TRAINER (nnUNetTrainerCPU), CONFIG (2d), PLANS (nnUNetPlansCPU),
-# DATASET_ID (501), WORK (work_dirs), PYTHON (/work/venv/bin/python), NICE (10), EXPORT=1 (export to weights/
+# PRETRAINED (a weights/ folder: first start of each fold from its checkpoint_final.pth), DATASET_ID (501), WORK, PYTHON (/work/venv/bin/python), NICE (10), EXPORT=1 (export to weights/
 # and run the held-out evaluation when all folds are finished), DRY_RUN=1 (only print the
 # training commands; the data steps still run if their outputs are missing).
 set -euo pipefail
@@ -67,17 +67,25 @@ for f in $FOLDS; do
     log "fold $f finished already"
     continue
   fi
-  log "training fold $f (continues from checkpoint_latest.pth if present), log $WORK/logs/fold_$f.log"
+  log "training fold $f (continues from checkpoint_latest.pth if present), log $WORK/logs/${TRAINER}_fold_$f.log"
   if pgrep -f "nnUNetv2_train $DATASET_ID $CONFIG $f -tr $TRAINER " >/dev/null; then
     log "fold $f is already being trained by another process: not started twice"
     continue
   fi
+  # resume with --c; a fold's first start may instead load PRETRAINED/fold_N/checkpoint_final.pth (nnU-Net refuses
+  # both at once)
+  start=(--c)
+  if [ -n "${PRETRAINED:-}" ] && [ ! -f "$RUN_DIR/fold_$f/checkpoint_latest.pth" ] \
+     && [ ! -f "$RUN_DIR/fold_$f/checkpoint_final.pth" ]; then
+    start=(-pretrained_weights "$PRETRAINED/fold_$f/checkpoint_final.pth")
+  fi
+  cmd=(nice -n "$NICE" "$BIN/nnUNetv2_train" "$DATASET_ID" "$CONFIG" "$f" -tr "$TRAINER" -p "$PLANS" -device cpu
+       "${start[@]}")
   if [ -n "${DRY_RUN:-}" ]; then
-    echo nice -n "$NICE" "$BIN/nnUNetv2_train" "$DATASET_ID" "$CONFIG" "$f" -tr "$TRAINER" -p "$PLANS" -device cpu --c
+    echo "${cmd[@]}"
     continue
   fi
-  nice -n "$NICE" "$BIN/nnUNetv2_train" "$DATASET_ID" "$CONFIG" "$f" -tr "$TRAINER" -p "$PLANS" -device cpu --c \
-    >> "$WORK/logs/fold_$f.log" 2>&1 &
+  "${cmd[@]}" >> "$WORK/logs/${TRAINER}_fold_$f.log" 2>&1 &
   pids+=($!)
   echo "${pids[-1]}" > "$WORK/logs/fold_$f.pid"
 done

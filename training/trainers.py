@@ -160,3 +160,13 @@ class nnUNetTrainerCPU_120ep(nnUNetTrainerCPU):
     """Longer schedule (120 x 100 iterations)."""
 
     recipe_epochs = 120
+
+
+class nnUNetTrainerCPU_ft(nnUNetTrainerCPU):
+    """Continuation of a finished nnUNetTrainerCPU fold, started with
+    ``-pretrained_weights <weights>/fold_N/checkpoint_final.pth`` (network weights only; fresh AdamW):
+    60 more epochs at a lower peak lr 5e-4 with a 1-epoch warm-up."""
+
+    recipe_epochs = 60
+    recipe_lr = 5e-4
+    recipe_warmup_epochs = 1
