@@ -2,7 +2,7 @@
 # Train (or resume) the shipped CPU model: OpenKBP train-pats, CT + synthetic-T1, 2-D CPU recipe, folds 0 and 1.
 #
 # Idempotent and resumable: every step is skipped when its output exists; a fold with checkpoint_final.pth and a
-# finished validation is skipped, an unfinished fold continues from checkpoint_latest.pth (nnU-Net's --c). If the
+# finished validation, or already exported to weights/ by the same trainer, is skipped, an unfinished fold continues from checkpoint_latest.pth (nnU-Net's --c). If the
 # local results folder has no checkpoint but training/checkpoints/ holds a committed snapshot, it is restored first.
 # Folds run CONCURRENTLY, one torch thread each (faster than two threads each on 2 shared cores; see README.md).
 #
@@ -68,6 +68,13 @@ for f in $FOLDS; do
     continue
   fi
   log "training fold $f (continues from checkpoint_latest.pth if present), log $WORK/logs/${TRAINER}_fold_$f.log"
+  if [ -f "$REPO/weights/fold_$f/checkpoint_final.pth" ] && [ ! -f "$RUN_DIR/fold_$f/checkpoint_latest.pth" ] && \
+     "$PYTHON" -c "import sys, torch; c = torch.load(sys.argv[1], map_location='cpu', weights_only=False); \
+sys.exit(0 if c['trainer_name'] == sys.argv[2] and c['init_args']['configuration'] == sys.argv[3] else 1)" \
+     "$REPO/weights/fold_$f/checkpoint_final.pth" "$TRAINER" "$CONFIG"; then
+    log "fold $f: weights/ already holds this trainer's finished fold (exported); not retrained"
+    continue
+  fi
   if pgrep -f "nnUNetv2_train $DATASET_ID $CONFIG $f -tr $TRAINER " >/dev/null; then
     log "fold $f is already being trained by another process: not started twice"
     continue
