@@ -9,7 +9,7 @@
 #   nohup training/run_shipped_model.sh > work_dirs/logs/run_shipped_model.log 2>&1 &
 #
 # Environment overrides: FOLDS ("0 1"), TRAINER (nnUNetTrainerCPU), CONFIG (2d), PLANS (nnUNetPlansCPU),
-# PRETRAINED (a weights/ folder: first start of each fold from its checkpoint_final.pth), DATASET_ID (501), WORK, PYTHON (/work/venv/bin/python), NICE (10), EXPORT=1 (export to weights/
+# PRETRAINED (a weights/ folder: nnUNetTrainerCPU_ft starts each fold from its checkpoint_final.pth), DATASET_ID (501), WORK, PYTHON (/work/venv/bin/python), NICE (10), EXPORT=1 (export to weights/
 # and run the held-out evaluation when all folds are finished), DRY_RUN=1 (only print the
 # training commands; the data steps still run if their outputs are missing).
 set -euo pipefail
@@ -79,15 +79,12 @@ sys.exit(0 if c['trainer_name'] == sys.argv[2] and c['init_args']['configuration
     log "fold $f is already being trained by another process: not started twice"
     continue
   fi
-  # resume with --c; a fold's first start may instead load PRETRAINED/fold_N/checkpoint_final.pth (nnU-Net refuses
-  # both at once)
-  start=(--c)
-  if [ -n "${PRETRAINED:-}" ] && [ ! -f "$RUN_DIR/fold_$f/checkpoint_latest.pth" ] \
-     && [ ! -f "$RUN_DIR/fold_$f/checkpoint_final.pth" ]; then
-    start=(-pretrained_weights "$PRETRAINED/fold_$f/checkpoint_final.pth")
+  init=()
+  if [ -n "${PRETRAINED:-}" ]; then  # read by nnUNetTrainerCPU_ft on a fold's first start only
+    init=(env "HANSEG_INIT_FROM=$PRETRAINED/fold_$f/checkpoint_final.pth")
   fi
-  cmd=(nice -n "$NICE" "$BIN/nnUNetv2_train" "$DATASET_ID" "$CONFIG" "$f" -tr "$TRAINER" -p "$PLANS" -device cpu
-       "${start[@]}")
+  cmd=("${init[@]+"${init[@]}"}" nice -n "$NICE" "$BIN/nnUNetv2_train" "$DATASET_ID" "$CONFIG" "$f" -tr "$TRAINER"
+       -p "$PLANS" -device cpu --c)
   if [ -n "${DRY_RUN:-}" ]; then
     echo "${cmd[@]}"
     continue

@@ -163,10 +163,22 @@ class nnUNetTrainerCPU_120ep(nnUNetTrainerCPU):
 
 
 class nnUNetTrainerCPU_ft(nnUNetTrainerCPU):
-    """Continuation of a finished nnUNetTrainerCPU fold, started with
-    ``-pretrained_weights <weights>/fold_N/checkpoint_final.pth`` (network weights only; fresh AdamW):
-    60 more epochs at a lower peak lr 5e-4 with a 1-epoch warm-up."""
+    """Continuation of a finished nnUNetTrainerCPU fold: 60 more epochs at a lower peak lr 5e-4, 1-epoch warm-up.
+
+    On a fold's FIRST start (epoch 0, no checkpoint) the whole network, segmentation heads included, is loaded from
+    the checkpoint named by the environment variable ``HANSEG_INIT_FROM`` (e.g. ``weights/fold_0/checkpoint_final.pth``;
+    nnU-Net's own ``-pretrained_weights`` skips the heads, which would throw the trained model away). The optimiser
+    starts fresh. Resumes (``--c``) ignore the variable.
+    """
 
     recipe_epochs = 60
     recipe_lr = 5e-4
     recipe_warmup_epochs = 1
+
+    def on_train_start(self):
+        super().on_train_start()
+        init_from = os.environ.get("HANSEG_INIT_FROM")
+        if self.current_epoch == 0 and init_from:
+            checkpoint = torch.load(init_from, map_location=self.device, weights_only=False)
+            self.network.load_state_dict(checkpoint["network_weights"], strict=True)
+            self.print_to_log_file(f"initialised the whole network from {init_from} (HANSEG_INIT_FROM)")
