@@ -46,6 +46,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from preprocessing.geometry import apply_matrix as _apply_matrix
+from preprocessing.geometry import index_to_physical as _index_to_physical
+from preprocessing.geometry import physical_to_continuous_index as _physical_to_continuous_index
+
 log = logging.getLogger(__name__)
 
 
@@ -657,26 +661,6 @@ def _fill_axial_holes(binary: np.ndarray, image: sitk.Image) -> np.ndarray:
     for i in range(out.shape[0]):
         out[i] = ndimage.binary_fill_holes(out[i])
     return np.moveaxis(out, 0, array_axis)
-
-
-def _apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``points @ matrix.T`` for ``(N, 3)`` points without BLAS (a threaded BLAS call on a thin matrix is very slow
-    when the CPUs are oversubscribed)."""
-    return points[:, 0:1] * matrix[:, 0] + points[:, 1:2] * matrix[:, 1] + points[:, 2:3] * matrix[:, 2]
-
-
-def _index_to_physical(image: sitk.Image, ijk: np.ndarray) -> np.ndarray:
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), dtype=float)
-    origin = np.asarray(image.GetOrigin(), dtype=float)
-    return origin + _apply_matrix(direction, ijk * spacing)
-
-
-def _physical_to_continuous_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), dtype=float)
-    origin = np.asarray(image.GetOrigin(), dtype=float)
-    return _apply_matrix(direction.T, points - origin) / spacing
 
 
 @contextmanager

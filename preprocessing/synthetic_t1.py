@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from preprocessing.geometry import index_to_physical as _index_to_physical
+from preprocessing.geometry import physical_to_continuous_index as _physical_to_continuous_index
+
 log = logging.getLogger(__name__)
 
 Vec3 = tuple[float, float, float]
@@ -291,28 +294,6 @@ def _bias_field(shape: tuple[int, ...], rng: np.random.Generator, amplitude: flo
     small.SetSpacing(tuple(float(n - 1) / max(c - 1, 1) for c, n in zip(coarse[::-1], shape[::-1])))
     out = sitk.Resample(small, full, sitk.Transform(), sitk.sitkLinear, 1.0, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(out)
-
-
-def _apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``points @ matrix.T`` for ``(N, 3)`` points without BLAS (a threaded BLAS call on a thin matrix is very slow
-    when the CPUs are oversubscribed)."""
-    return points[:, 0:1] * matrix[:, 0] + points[:, 1:2] * matrix[:, 1] + points[:, 2:3] * matrix[:, 2]
-
-
-def _index_to_physical(image: sitk.Image, ijk: np.ndarray) -> np.ndarray:
-    """Continuous indices ``(N, 3)`` (i, j, k = x, y, z order) -> physical points ``(N, 3)`` (mm)."""
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), dtype=float)
-    origin = np.asarray(image.GetOrigin(), dtype=float)
-    return origin + _apply_matrix(direction, ijk * spacing)
-
-
-def _physical_to_continuous_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
-    """Physical points ``(N, 3)`` (mm) -> continuous indices ``(N, 3)`` (i, j, k = x, y, z order)."""
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), dtype=float)
-    origin = np.asarray(image.GetOrigin(), dtype=float)
-    return _apply_matrix(direction.T, points - origin) / spacing
 
 
 def _vec3(values: Sequence[float] | np.ndarray) -> Vec3:
