@@ -7,9 +7,11 @@ Modes:
     python process.py --input DATASET --output DIR    dataset: DATASET/case_XX/case_XX_IMG_CT.nrrd (+ _IMG_MR_T1),
                                                       one map per case as DIR/case_XX.mha
 
-Data path per case: read and check the images (contract.imageio) -> register the MR to the CT and check the
-result (preprocessing.registration) -> preprocess as the plans say (preprocessing.preprocess) -> sliding-window
-ensemble (model.predictor) -> back to the CT grid and HaN-Seg labels (model.export) -> atomic write.
+Data path per case: read and check the images (contract.imageio) -> permute/flip the CT to the model's training
+orientation (preprocessing.orientation) -> register the MR to the CT and check the result
+(preprocessing.registration) -> preprocess as the plans say (preprocessing.preprocess) -> sliding-window
+ensemble (model.predictor) -> back to the CT grid and HaN-Seg labels (model.export) -> back to the CT's own
+axis order -> atomic write.
 
 Exit codes: 0 success; 2 bad input; 3 output not writable; 4 bad model folder; 1 unexpected error.
 """
@@ -32,6 +34,7 @@ from contract.errors import InputError, ModelFolderError, OutputError
 from contract.imageio import check_extent, read_image, read_scan, repair_intensities, write_image_atomic
 from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_dataset_cases, find_folder_case, is_dataset_root
 from contract.labels import MAX_LABEL
+from preprocessing.orientation import labels_to_original_orientation, orientation_of, reorient
 
 log = logging.getLogger("process")
 
@@ -58,6 +61,7 @@ class RunOptions:
     progress: bool = True
     fast: bool = False
     time_budget: float | None = None
+    reorient: bool = True
 
 
 def resolve_model_dir(cli_value: Path | None) -> Path:
@@ -95,6 +99,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", default=_env_float("HANSEG_TIME_BUDGET"),
                         help="finish each case within this many seconds by reducing folds / mirroring / tile step "
                         "(default: $HANSEG_TIME_BUDGET, else no budget)")
+    parser.add_argument("--as-stored", action="store_true",
+                        help="feed the voxel arrays in their stored axis order, as nnU-Net does, instead of permuting "
+                        "them to the model's training orientation (only for models trained on mixed orientations)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if not 0 < args.tile_step <= 1:
@@ -177,12 +184,18 @@ def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions
     start = time.perf_counter()
     log.info("case %s: CT %s, MR %s", case.case_id, case.ct_path, case.mr_path or "none")
     ct = read_scan(case.ct_path, "CT")
-    channels = prepare_channels(case, ct, predictor.model.mr_channel, predictor.model.num_input_channels)
-    labels = predictor.predict(channels, ct.GetSpacing())
-    image = to_label_image(labels, ct)
+    oriented = ct
+    if options.reorient:
+        oriented = reorient(ct, predictor.model.orientation)
+        if oriented is not ct:
+            log.info("CT stored in %s orientation: permuted to the model's %s for prediction, labels permuted back",
+                     orientation_of(ct), predictor.model.orientation)
+    channels = prepare_channels(case, oriented, predictor.model.mr_channel, predictor.model.num_input_channels)
+    labels = predictor.predict(channels, oriented.GetSpacing())
+    image = to_label_image(labels_to_original_orientation(labels, oriented, ct), ct)
     write_image_atomic(image, output_path)
     if options.qa_dir is not None:
-        write_case_qa(case, ct, image, channels, options.qa_dir)
+        write_case_qa(case, oriented, to_label_image(labels, oriented), channels, options.qa_dir)
     present = np.unique(labels)
     log.info("case %s done in %.1f s: %d OARs labelled -> %s", case.case_id, time.perf_counter() - start,
              int((present > 0).sum()), output_path)
@@ -190,7 +203,8 @@ def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions
 
 def write_case_qa(case: CaseInputs, ct: sitk.Image, labels: sitk.Image, channels: list[np.ndarray],
                   qa_dir: Path) -> None:
-    """Quality-control PNG and per-OAR volumes for one case (the MR row shows the registered MR, if any)."""
+    """Quality-control PNG and per-OAR volumes for one case (the MR row shows the registered MR, if any); ``ct``,
+    ``labels`` and ``channels`` on the grid the model saw (the CT in the model's orientation)."""
     from evaluation.qa import write_qa
 
     mr_on_ct = None
@@ -275,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         fast=args.fast,
         time_budget=args.time_budget,
+        reorient=not args.as_stored,
     )
     try:
         return run(input_root, output_root, options)

@@ -3,7 +3,9 @@
 A model folder (``<Dataset>/<Trainer>__<Plans>__<configuration>/`` as nnU-Net writes it, or ``weights/``) holds::
 
     plans.json                      network, patch size, spacing, normalisation, resampling, transposes
-    dataset.json                    channel_names (input channels) and labels (name -> value)
+    dataset.json                    channel_names (input channels) and labels (name -> value); optional
+                                    "orientation": the training images' orientation code (this project's
+                                    addition, preprocessing.orientation; default "LPS", the identity direction)
     fold_N/checkpoint_final.pth     per fold: network_weights, init_args.configuration, trainer_name,
                                     inference_allowed_mirroring_axes (optimizer_state is ignored)
 
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from contract.errors import ModelFolderError
+from preprocessing.orientation import DEFAULT_ORIENTATION, check_orientation_code
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,15 @@ class ModelFolder:
                 self.path / "plans.json", f"no foreground intensity properties for channel {channel}"
             )
         return props[str(channel)]
+
+    @property
+    def orientation(self) -> str:
+        """Orientation code the training images were stored in (``dataset.json['orientation']``, default
+        ``"LPS"`` = identity direction); inputs are permuted/flipped to it (:mod:`preprocessing.orientation`)."""
+        try:
+            return check_orientation_code(self.dataset.get("orientation", DEFAULT_ORIENTATION))
+        except ValueError as err:
+            raise ModelFolderError(self.path / "dataset.json", str(err)) from None
 
     @property
     def ct_channel(self) -> int:
@@ -286,9 +298,10 @@ def load_model_folder(path: str | Path, folds: list[str] | None = None) -> Model
         mirror_axes=mirror_axes,
     )
     model.ct_channel  # noqa: B018 - raises early if the model has no CT channel
+    model.orientation  # noqa: B018 - raises early on an invalid orientation code
     log.info(
-        "model %s: %s, configuration %s, folds %s, channels %s, %d classes, mirror axes %s",
+        "model %s: %s, configuration %s, folds %s, channels %s, %d classes, mirror axes %s, orientation %s",
         path, trainer_name, configuration_name, list(folds), list(model.channel_names), model.num_classes,
-        mirror_axes,
+        mirror_axes, model.orientation,
     )
     return model

@@ -45,21 +45,6 @@ def test_float_ct_and_float_mr_are_accepted(real_ct, tmp_path):
 
 
 @pytest.mark.slow
-def test_mr_that_does_not_overlap_the_ct_falls_back_to_ct_only(real_ct, small_model, tmp_path):
-    root = make_case(tmp_path / "in", real_ct, with_mr=False)
-    mr = make_t1_like(real_ct, translation_mm=(0.0, 0.0, 0.0), spacing_mm=MR_SPACING, seed=2).image
-    mr.SetOrigin(tuple(o + 2000.0 for o in mr.GetOrigin()))  # 2 m away: nothing in common
-    mr.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, -1))  # and upside down
-    (root / "images" / "t1-mri").mkdir(parents=True)
-    sitk.WriteImage(mr, str(root / "images" / "t1-mri" / "far.mha"))
-    result = run_process("--input", root, "--output", tmp_path / "out", "--model", small_model, "--no-tta",
-                         "--folds", "0")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "failed its quality check" in result.stderr and "predicting from the CT alone" in result.stderr
-    assert_contract_output(tmp_path / "out", real_ct)
-
-
-@pytest.mark.slow
 def test_two_runs_give_byte_identical_outputs(real_ct, small_model, tmp_path):
     root = make_case(tmp_path / "in", real_ct)
     outputs = []
@@ -182,17 +167,44 @@ def test_constant_ct_is_refused(small_model, tmp_path):
     assert_failed_cleanly(result, tmp_path / "out", str(path), "constant")
 
 
+def _far_and_upside_down_mr(ct: sitk.Image) -> sitk.Image:
+    mr = make_t1_like(ct, translation_mm=(0.0, 0.0, 0.0), spacing_mm=MR_SPACING, seed=2).image
+    mr.SetOrigin(tuple(o + 2000.0 for o in mr.GetOrigin()))  # 2 m away: nothing in common
+    mr.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, -1))  # and upside down
+    return mr
 
 
-def test_constant_mr_falls_back_to_ct_only(real_ct, small_model, tmp_path):
-    ct = real_ct[:, :, 50:62]
-    root = make_case(tmp_path / "in", ct, with_mr=False)
+def _other_body_part_mr(ct: sitk.Image) -> sitk.Image:
+    """A T1-like image of the neck and shoulders only (the lower half of the CT), seen against the whole head CT."""
+    size = list(ct.GetSize())
+    lower = sitk.RegionOfInterest(ct, [size[0], size[1], size[2] // 2], [0, 0, 0])
+    return make_t1_like(lower, translation_mm=(15.0, -10.0, 5.0), spacing_mm=MR_SPACING, seed=51).image
+
+
+def _constant_mr(ct: sitk.Image) -> sitk.Image:
     blank = sitk.Image([64, 64, 20], sitk.sitkFloat32)
     blank.SetSpacing((3.0, 3.0, 3.0))
+    return blank
+
+
+@pytest.mark.parametrize(
+    ("make_mr", "crop", "reason"),
+    [
+        pytest.param(_far_and_upside_down_mr, False, "failed its quality check", marks=pytest.mark.slow,
+                     id="no-overlap-upside-down"),
+        pytest.param(_other_body_part_mr, False, "failed its quality check", marks=pytest.mark.slow,
+                     id="other-body-part"),
+        pytest.param(_constant_mr, True, "T1 MR is constant", id="constant"),
+    ],
+)
+def test_unusable_mr_falls_back_to_ct_only(real_ct, small_model, tmp_path, make_mr, crop, reason):
+    """An MR that cannot be used: a warning naming the reason, exit 0, one contract-conforming map."""
+    ct = real_ct[:, :, 50:62] if crop else real_ct
+    root = make_case(tmp_path / "in", ct, with_mr=False)
     (root / "images" / "t1-mri").mkdir(parents=True)
-    sitk.WriteImage(blank, str(root / "images" / "t1-mri" / "blank.mha"))
+    sitk.WriteImage(make_mr(ct), str(root / "images" / "t1-mri" / "mr.mha"))
     result = run_process("--input", root, "--output", tmp_path / "out", "--model", small_model, "--no-tta",
                          "--folds", "0")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "T1 MR is constant" in result.stderr and "predicting from the CT alone" in result.stderr
+    assert reason in result.stderr and "predicting from the CT alone" in result.stderr
     assert_contract_output(tmp_path / "out", ct)

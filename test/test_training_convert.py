@@ -213,3 +213,29 @@ def test_modality_dropout_zeroes_whole_channels() -> None:
     assert not (mr_dropped & ct_dropped).any()
     assert bool((mr_dropped | ct_dropped | untouched).all())
     assert 0.2 < mr_dropped.float().mean() < 0.4 and 0.0 < ct_dropped.float().mean() < 0.12
+
+
+def test_case_stored_with_flipped_axes_is_written_in_the_training_orientation(hanseg_root: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A case whose CT and masks are stored with x and y reversed (direction diag(-1, -1, 1), "RAS") is written
+    with the identity direction, every voxel in the same physical place, and dataset.json states "LPS"."""
+    _stub_registration(monkeypatch)
+    d = hanseg_root / "case_02"
+    for path in [d / "case_02_IMG_CT.nrrd", d / "case_02_OAR_Brainstem.seg.nrrd"]:
+        image = sitk.ReadImage(str(path))
+        flipped = sitk.GetImageFromArray(sitk.GetArrayFromImage(image)[:, ::-1, ::-1].copy())
+        flipped.SetSpacing(image.GetSpacing())
+        flipped.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+        flipped.SetOrigin(image.TransformIndexToPhysicalPoint([s - 1 for s in image.GetSize()[:2]] + [0]))
+        sitk.WriteImage(flipped, str(path))
+    out = convert_hanseg.convert(hanseg_root, tmp_path / "raw", 905)
+    assert json.loads((out / "dataset.json").read_text())["orientation"] == "LPS"
+    ct = sitk.ReadImage(str(out / "imagesTr" / "case_02_0000.nii.gz"))
+    lab = sitk.ReadImage(str(out / "labelsTr" / "case_02.nii.gz"))
+    for img in (ct, lab):
+        assert img.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
+        assert np.allclose(img.GetOrigin(), CT_ORIGIN)
+    stored_ct = sitk.ReadImage(str(d / "case_02_IMG_CT.nrrd"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(stored_ct)[:, ::-1, ::-1])
+    brainstem = json.loads((out / "dataset.json").read_text())["labels"]["Brainstem"]
+    assert (sitk.GetArrayFromImage(lab)[12:15, 2:5, 2:5] == brainstem).all()  # where the fixture drew it

@@ -6,10 +6,13 @@ Layout (``nnUNet_raw/DatasetXXX_Name/``)::
     imagesTr/<case>_0001.nii.gz   T1 on the CT grid (float32; zeros where no MR / registration rejected)
     labelsTr/<case>.nii.gz        uint8 label map with the DATASET's consecutive values (see dataset_labels)
     imagesTs/, labelsTs/          held-out cases, same format (not used by nnU-Net training)
-    dataset.json                  channel_names {"0": "CT", "1": "T1"}, labels, numTraining, file_ending
+    dataset.json                  channel_names {"0": "CT", "1": "T1"}, labels, numTraining, file_ending,
+                                  orientation (the code every case is stored in, read back by model.model_folder)
     conversion_report.json        per case: OARs present/missing, overlap voxels, how the T1 channel was made
 
-All images of a case share the CT's grid (size, spacing, origin, direction).
+All images of a case share the CT's grid (size, spacing, origin, direction), permuted/flipped to one orientation
+(``preprocessing.orientation.DEFAULT_ORIENTATION``, the identity direction) so that every training case shows the
+network the same axis order; inference permutes its inputs the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
+
+from preprocessing.orientation import DEFAULT_ORIENTATION, reorient
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,8 @@ def write_case(out_dir: Path, case_id: str, ct: sitk.Image, t1: sitk.Image, labe
         if img.GetSize() != ct.GetSize():
             raise ValueError(f"{case_id}: {what} size {img.GetSize()} != CT size {ct.GetSize()}")
         img.CopyInformation(ct)  # identical grid by construction; removes float round-off in the header
+    ct, t1 = reorient(ct, DEFAULT_ORIENTATION), reorient(t1, DEFAULT_ORIENTATION)
+    label = None if label is None else reorient(label, DEFAULT_ORIENTATION)
     images = out_dir / ("imagesTs" if test else "imagesTr")
     labels = out_dir / ("labelsTs" if test else "labelsTr")
     images.mkdir(parents=True, exist_ok=True)
@@ -67,6 +74,7 @@ def write_dataset_json(out_dir: Path, labels: dict[str, int], num_training: int,
         "numTraining": int(num_training),
         "file_ending": FILE_ENDING,
         "overwrite_image_reader_writer": "SimpleITKIO",
+        "orientation": DEFAULT_ORIENTATION,
         "description": description,
     }
     if extra:
