@@ -1,12 +1,14 @@
 """Measure an exported model on held-out cases, with and without the T1 channel, and fill the model card table.
 
-Held-out cases are a raw dataset's ``imagesTs`` (``<case>_0000`` CT, ``<case>_0001`` T1) and ``labelsTs`` (dataset
-label values). Steps:
+Held-out cases are a raw dataset's ``imagesTs`` (``<case>_0000`` CT) and ``labelsTs`` (dataset label values).
+Steps:
 
-1. Predict with nnU-Net's own predictor (``nnUNetPredictor``, all exported folds, no mirroring unless the model
-   allows it) twice: with the T1 channel as converted, and with the T1 channel replaced by zeros (= no usable MR).
-2. Map predictions and ground truth from the model's label values to HaN-Seg values BY NAME
-   (``contract.labels.model_to_hanseg_lookup``).
+1. Predict with THIS project's command line, ``process.py`` in dataset mode (registration, preprocessing, all
+   exported folds, export: the whole shipped pipeline), twice: with a T1 MR, and with the CT alone. The T1 MR of
+   an OpenKBP case is the SAME synthetic one the converter made (``training.t1_channel.synthetic_mr`` with the
+   case's seed) in its own moved scanner geometry, so process.py registers it like a real MR.
+2. Map the ground truth from the model's label values to HaN-Seg values BY NAME
+   (``contract.labels.model_to_hanseg_lookup``); process.py already writes HaN-Seg values.
 3. Score with the project's evaluation package (``evaluation.evaluate.evaluate_folder``: DSC, HD95 per OAR).
 4. Write the tables into ``<work>/`` and the per-OAR Dice/HD95 table into ``<model>/README.md``
    and ``<model>/heldout_metrics.json``.
@@ -20,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,37 +48,39 @@ def _to_hanseg(src: Path, dst: Path, lut: np.ndarray) -> None:
     sitk.WriteImage(out, str(dst), useCompression=True)
 
 
-def _inputs_without_t1(images: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for ct in sorted(images.glob(f"*_0000{FILE_ENDING}")):
-        shutil.copyfile(ct, dst / ct.name)
-        img = sitk.ReadImage(str(ct))
-        zeros = sitk.Image(img.GetSize(), sitk.sitkFloat32)
-        zeros.CopyInformation(img)
-        sitk.WriteImage(zeros, str(dst / ct.name.replace("_0000", "_0001")), useCompression=True)
+def process_inputs(images: Path, root: Path, with_mr: bool) -> int:
+    """Dataset-mode input for process.py: ``root/<case>/<case>_IMG_CT.nrrd`` (+ ``_IMG_MR_T1.nrrd``, the case's
+    synthetic T1 in its own geometry). Returns the number of cases."""
+    from training.convert_openkbp import case_seed
+    from training.t1_channel import synthetic_mr
+
+    cts = sorted(images.glob(f"*_0000{FILE_ENDING}"))
+    for ct_path in cts:
+        case = ct_path.name.removesuffix(f"_0000{FILE_ENDING}")
+        (root / case).mkdir(parents=True, exist_ok=True)
+        ct = sitk.ReadImage(str(ct_path))
+        sitk.WriteImage(ct, str(root / case / f"{case}_IMG_CT.nrrd"), useCompression=True)
+        if with_mr:
+            mr, _ = synthetic_mr(ct, case_seed(case))
+            sitk.WriteImage(mr, str(root / case / f"{case}_IMG_MR_T1.nrrd"), useCompression=True)
+    return len(cts)
 
 
-def predict(model: Path, images: Path, out: Path, folds: tuple[str, ...] | None = None) -> float:
-    """Predict every case in ``images`` with nnU-Net's predictor on CPU; return seconds per case."""
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    torch.set_num_threads(1)
-    fold_names = folds or tuple(p.name.removeprefix("fold_") for p in sorted(model.glob("fold_*")))
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model), use_folds=tuple(
-        int(f) if f.isdigit() else f for f in fold_names), checkpoint_name="checkpoint_final.pth")
-    out.mkdir(parents=True, exist_ok=True)
-    n = len(list(images.glob(f"*_0000{FILE_ENDING}")))
+def predict(model: Path, root: Path, out: Path, n_cases: int, threads: int | None = None) -> float:
+    """Run ``process.py`` (dataset mode) on ``root``; return wall seconds per case (whole process included)."""
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(repo / "process.py"), "--input", str(root), "--output", str(out), "--model",
+           str(model), "--no-progress"]
+    if threads:
+        cmd += ["--threads", str(threads)]
     t0 = time.time()
-    predictor.predict_from_files(str(images), str(out), save_probabilities=False, overwrite=True,
-                                 num_processes_preprocessing=1, num_processes_segmentation_export=1)
-    return (time.time() - t0) / max(1, n)
+    result = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"process.py failed on {root}: {result.stderr.strip().splitlines()[-1:]}")
+    return (time.time() - t0) / max(1, n_cases)
 
 
-def evaluate(model: Path, raw: Path, work: Path) -> dict[str, Any]:
+def evaluate(model: Path, raw: Path, work: Path, threads: int | None = None) -> dict[str, Any]:
     """Run steps 1-4 (module docstring); return ``{"with_t1": summary, "without_t1": summary, ...}``."""
     from evaluation.evaluate import evaluate_folder, write_outputs
 
@@ -84,16 +90,14 @@ def evaluate(model: Path, raw: Path, work: Path) -> dict[str, Any]:
     gt_dir.mkdir(parents=True, exist_ok=True)
     for lab in sorted((raw / "labelsTs").glob(f"*{FILE_ENDING}")):
         _to_hanseg(lab, gt_dir / lab.name, lut)
-    no_t1 = work / "imagesTs_no_t1"
-    _inputs_without_t1(raw / "imagesTs", no_t1)
-    results: dict[str, Any] = {"model": str(model), "cases": sorted(p.name for p in gt_dir.iterdir())}
-    for variant, images in (("with_t1", raw / "imagesTs"), ("without_t1", no_t1)):
-        pred_raw = work / f"pred_{variant}_model_labels"
-        secs = predict(model, images, pred_raw)
-        pred = work / f"pred_{variant}"
-        pred.mkdir(exist_ok=True)
-        for p in sorted(pred_raw.glob(f"*{FILE_ENDING}")):
-            _to_hanseg(p, pred / p.name, lut)
+    results: dict[str, Any] = {"model": str(model), "cases": sorted(p.name for p in gt_dir.iterdir()),
+                               "predictor": "process.py"}
+    for variant, with_mr in (("with_t1", True), ("without_t1", False)):
+        root, pred = work / f"input_{variant}", work / f"pred_{variant}"
+        for stale in (root, pred):  # an earlier run's files would be scored again (or twice)
+            shutil.rmtree(stale, ignore_errors=True)
+        n_cases = process_inputs(raw / "imagesTs", root, with_mr)
+        secs = predict(model, root, pred, n_cases, threads)
         ev = evaluate_folder(pred, gt_dir)
         write_outputs(ev, work / f"eval_{variant}")
         results[variant] = {"seconds_per_case": round(secs, 1), "summary": ev.summary}
@@ -111,8 +115,8 @@ def heldout_markdown(results: dict[str, Any], labels: list[str]) -> str:
 
     lines = [
         f"Cases: {', '.join(c.split('.')[0] for c in results['cases'])} (OpenKBP validation-pats, never trained on). "
-        "nnU-Net predictor, all exported folds averaged, CPU; HD95 of an empty prediction counted as the image "
-        "diagonal (evaluation package).",
+        "Predicted by process.py (dataset mode: registration of the case's synthetic T1, all exported folds, export), "
+        "CPU; HD95 of an empty prediction counted as the image diagonal (evaluation package).",
         "",
         "| OAR | Dice with T1 | Dice without T1 | HD95 mm with T1 | HD95 mm without T1 |",
         "|---|---|---|---|---|",
@@ -125,9 +129,9 @@ def heldout_markdown(results: dict[str, Any], labels: list[str]) -> str:
                  f"**{cell(wo['all'], 'dsc', 3)}** | {cell(w['all'], 'hd95_mm', 1)} | "
                  f"{cell(wo['all'], 'hd95_mm', 1)} |")
     lines.append("")
-    lines.append(f"Prediction time per case (2 shared CPU cores, 1 thread): {results['with_t1']['seconds_per_case']} s "
-                 f"with T1, {results['without_t1']['seconds_per_case']} s without. \"With T1\" means the SYNTHETIC T1 "
-                 "channel (these patients have no MR).")
+    lines.append(f"Wall time per case of process.py (2 shared CPU cores; registration included with T1): "
+                 f"{results['with_t1']['seconds_per_case']} s with T1, {results['without_t1']['seconds_per_case']} s "
+                 "without. \"With T1\" means the SYNTHETIC T1 (these patients have no MR).")
     return "\n".join(lines)
 
 
@@ -136,18 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=Path("weights"))
     parser.add_argument("--raw", type=Path, default=Path("work_dirs/nnUNet_raw/Dataset501_OpenKBPHaN"))
     parser.add_argument("--work", type=Path, default=Path("work_dirs/heldout_eval"))
-    parser.add_argument("--no-card", action="store_true", help="do not write into <model>/README.md")
+    parser.add_argument("--no-card", action="store_true",
+                        help="write nothing into the model folder (README.md, heldout_metrics.json)")
+    parser.add_argument("--threads", type=int, help="process.py --threads (default: all cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from training.model_card import fill_heldout
 
-    results = evaluate(args.model, args.raw, args.work)
+    results = evaluate(args.model, args.raw, args.work, args.threads)
     labels = [n for n in json.loads((args.model / "dataset.json").read_text())["labels"] if n != "background"]
-    (args.model / "heldout_metrics.json").write_text(json.dumps(
-        {k: v for k, v in results.items()}, indent=1, default=str) + "\n")
+    (args.work / "heldout_metrics.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     md = heldout_markdown(results, labels)
     print(md)
     if not args.no_card:
+        (args.model / "heldout_metrics.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
         fill_heldout(args.model, md)
     return 0
 

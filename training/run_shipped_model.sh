@@ -98,7 +98,7 @@ for p in "${pids[@]+"${pids[@]}"}"; do wait "$p" || status=$?; done
 log "training done (status $status)"
 
 # 6. optional: export to weights/ and measure on the held-out cases once every fold is finished
-if [ "$status" = 0 ] && [ -n "${EXPORT:-}" ] && [ -z "${DRY_RUN:-}" ]; then
+if [ "$status" = 0 ] && [ "${EXPORT:-0}" = 1 ] && [ -z "${DRY_RUN:-}" ]; then
   for f in $FOLDS; do [ -f "$RUN_DIR/fold_$f/checkpoint_final.pth" ] || { log "fold $f unfinished: no export"; exit 0; }; done
   # shellcheck disable=SC2086
   "$PYTHON" -m training.export_model --run "$RUN_DIR" --folds $FOLDS --out "$REPO/weights"

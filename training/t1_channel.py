@@ -95,9 +95,10 @@ def registered_t1(ct: sitk.Image, mr: sitk.Image, threads: int | None = None) ->
     return T1Result(image, "registered", True, reason=str(result.reason), metrics=metrics)
 
 
-def synthetic_t1(ct: sitk.Image, seed: int, max_rotation_deg: float = 10.0, max_translation_mm: float = 20.0,
-                 max_origin_offset_mm: float = 150.0, threads: int | None = None) -> T1Result:
-    """Synthesise a T1-like image from the CT under a random rigid transform and FOV, then register it back.
+def synthetic_mr(ct: sitk.Image, seed: int, max_rotation_deg: float = 10.0, max_translation_mm: float = 20.0,
+                 max_origin_offset_mm: float = 150.0) -> tuple[sitk.Image, dict[str, Any]]:
+    """A T1-like image synthesised from the CT under a random rigid transform and field of view, in its own
+    (MR scanner) geometry, and the parameters used.
 
     Everything random derives from ``seed``: Euler angles uniform in +-``max_rotation_deg`` (degrees, about x, y, z),
     translation uniform in +-``max_translation_mm`` (mm, x, y, z), an unrelated-scanner-frame origin offset uniform
@@ -119,7 +120,13 @@ def synthetic_t1(ct: sitk.Image, seed: int, max_rotation_deg: float = 10.0, max_
               "note": "T1 synthesised from the CT by preprocessing.synthetic_t1 (no real MR exists for this case)"}
     synthetic = synthetic_t1.make_t1_like(ct, rotation_deg=rotation, translation_mm=translation,
                                           origin_offset_mm=offset, spacing_mm=spacing, fov_mm=fov, seed=seed)
-    t1 = registered_t1(ct, synthetic.image, threads=threads)
+    return synthetic.image, params
+
+
+def synthetic_t1(ct: sitk.Image, seed: int, threads: int | None = None, **ranges: float) -> T1Result:
+    """:func:`synthetic_mr` registered back onto the CT grid (``ranges``: its ``max_*`` keyword arguments)."""
+    mr, params = synthetic_mr(ct, seed, **ranges)
+    t1 = registered_t1(ct, mr, threads=threads)
     t1.mode = "synthetic"
     t1.synthetic_params = params
     return t1
