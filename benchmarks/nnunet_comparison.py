@@ -140,11 +140,18 @@ def child_main(args: argparse.Namespace) -> int:
         options = PredictorOptions(use_mirroring=not args.no_tta, progress=False, fast=args.child == "fast",
                                    time_budget=args.time_budget)
         predictor = Predictor(model, select_device("cpu"), options)
+        # as process.py does: views into the images, which are freed before the ensemble and the export
         images = [sitk.ReadImage(str(f)) for f in files]
-        arrays = [sitk.GetArrayFromImage(i) for i in images]
-        labels = predictor.predict(arrays, images[0].GetSpacing())
-    image = sitk.GetImageFromArray(labels.astype(np.uint8))
-    image.CopyInformation(sitk.ReadImage(str(files[0])))
+        case = predictor.preprocess([sitk.GetArrayViewFromImage(i) for i in images], images[0].GetSpacing())
+        del images
+        labels = predictor.predict_preprocessed(case)
+    image = sitk.GetImageFromArray(labels.astype(np.uint8, copy=False))
+    header = sitk.ImageFileReader()
+    header.SetFileName(str(files[0]))
+    header.ReadImageInformation()  # geometry only: no second copy of the CT in memory
+    image.SetOrigin(header.GetOrigin())
+    image.SetSpacing(header.GetSpacing())
+    image.SetDirection(header.GetDirection())
     sitk.WriteImage(image, str(out / "labels.nii.gz"))
     stats = {
         "seconds_in_child": time.perf_counter() - start,

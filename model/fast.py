@@ -6,7 +6,12 @@ What it changes against exact mode (measured agreement and speed: ``benchmarks/R
   still averaged and accumulated in float32 / fp16 as in exact mode. Off on CPUs without them (slower there).
 - mirroring test-time augmentation only over the last spatial axis (the left-right flip for nnU-Net's usual
   z, y, x order): 2 forward passes per tile instead of 8 (3-D) or 4 (2-D).
-- the sliding-window step is kept (0.5): for small head-and-neck volumes the tile count barely changes with it.
+- several tiles per forward pass (:data:`BATCH_TILES`): better use of the CPU's vector units; same tiles, same
+  Gaussian weighting as exact mode.
+- the sliding-window step is kept (0.5), and so are the tiles' positions: with InstanceNorm a tile's prediction
+  depends on everything inside it, so moving tiles (e.g. tiling only the body's bounding box) changes the answer.
+  Measured on pt_201 (148 x 148 model grid, 4 tiles per slice -> 1): 3.5x faster, but per-label Dice against exact
+  mode 0.84-0.94 and Dice against the clinical contours 0.719 instead of 0.740; rejected.
 
 All folds are kept. Everything else (preprocessing, export) is the exact pipeline.
 """
@@ -22,6 +27,9 @@ import torch
 log = logging.getLogger(__name__)
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+BATCH_TILES = 8
+"""Tiles per forward pass in fast mode. Measured (2-D 128 x 128 tiles of the shipped model, 1 thread): fp32 23.5 ->
+18.9 ms per tile from batch 1 to 8; bf16 13.4 -> 8.4 ms."""
 
 
 def cpu_has_native_bf16() -> bool:
@@ -43,10 +51,11 @@ class FastSettings:
 
     autocast_dtype: torch.dtype | None
     mirror_axes: tuple[int, ...]
+    batch_tiles: int = BATCH_TILES
 
     def describe(self) -> str:
         precision = "bf16 autocast" if self.autocast_dtype == torch.bfloat16 else "fp32"
-        return f"{precision}, mirror axes {self.mirror_axes}"
+        return f"{precision}, mirror axes {self.mirror_axes}, {self.batch_tiles} tiles per forward pass"
 
 
 def fast_settings(device: torch.device, model_mirror_axes: Sequence[int], use_mirroring: bool = True,

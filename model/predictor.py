@@ -164,6 +164,7 @@ class Predictor:
                     on_tile=bar.update,
                     autocast_dtype=self.autocast_dtype,
                     controller=controller,
+                    batch_tiles=self.fast.batch_tiles if self.fast is not None else 1,
                 ).to("cpu")
                 summed = logits if summed is None else summed.add_(logits)
                 done += 1
@@ -183,7 +184,15 @@ class Predictor:
         Returns:
             ``uint8`` HaN-Seg label array (values 0..30) with the CT's numpy shape (z, y, x).
         """
-        case = preprocess_case(channels, spacing_xyz, self.model)
+        return self.predict_preprocessed(self.preprocess(channels, spacing_xyz))
+
+    def preprocess(self, channels: Sequence[np.ndarray], spacing_xyz: Sequence[float]) -> PreprocessedCase:
+        """First half of :meth:`predict`: the network input on the model grid (the caller may then free
+        ``channels`` before the sliding window and export, which matters for HaN-Seg-sized CTs)."""
+        return preprocess_case(channels, spacing_xyz, self.model)
+
+    def predict_preprocessed(self, case: PreprocessedCase) -> np.ndarray:
+        """Second half of :meth:`predict`: ensemble, export to the CT grid, HaN-Seg label values."""
         logits = self.predict_logits(case)
         kwargs = self.model.configuration.probabilities_resampling_kwargs
         labels = logits_to_labels(

@@ -112,13 +112,13 @@ def _widen(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_tile(network: nn.Module, tile: torch.Tensor, mirror_axes: Sequence[int]) -> torch.Tensor:
-    """Logits of one ``(1, C, ...)`` tile, averaged over the plain pass and every mirrored pass (bf16 network
-    outputs are summed in float32)."""
-    prediction = _widen(network(tile))
+def predict_tile(network: nn.Module, tiles: torch.Tensor, mirror_axes: Sequence[int]) -> torch.Tensor:
+    """Logits of a ``(B, C, ...)`` batch of tiles, averaged over the plain pass and every mirrored pass (bf16
+    network outputs are summed in float32)."""
+    prediction = _widen(network(tiles))
     combos = mirror_combinations(mirror_axes)
     for axes in combos:
-        prediction += _widen(torch.flip(network(torch.flip(tile, axes)), axes))
+        prediction += _widen(torch.flip(network(torch.flip(tiles, axes)), axes))
     if combos:
         prediction /= len(combos) + 1
     return prediction
@@ -136,6 +136,7 @@ def sliding_window_logits(
     on_tile: Callable[[], None] | None = None,
     autocast_dtype: torch.dtype | None = None,
     controller: BudgetController | None = None,
+    batch_tiles: int = 1,
 ) -> torch.Tensor:
     """Gaussian-weighted sliding-window logits of one network over a whole preprocessed image.
 
@@ -151,6 +152,7 @@ def sliding_window_logits(
         autocast_dtype: run the network under CPU autocast to this dtype (fast mode: ``torch.bfloat16``);
             None keeps the device default (fp32 on the CPU, fp16 autocast on CUDA).
         controller: a time-budget controller that may switch mirroring off for the remaining tiles.
+        batch_tiles: tiles per forward pass (1 = nnU-Net's arithmetic; fast mode uses more).
 
     Returns:
         ``(num_classes, *spatial)`` fp16 logits on ``device``.
@@ -164,18 +166,21 @@ def sliding_window_logits(
     if controller is not None:
         controller.start_fold(len(slicers))
     with autocast_for(device) if autocast_dtype is None else torch.autocast(device.type, dtype=autocast_dtype):
-        for slicer in slicers:
-            tile = data[slicer][None].contiguous()
+        for first in range(0, len(slicers), max(batch_tiles, 1)):
+            group = slicers[first:first + max(batch_tiles, 1)]
+            tiles = torch.stack([data[slicer] for slicer in group])
             axes = tuple(mirror_axes) if controller is None else controller.mirror_axes_for_tile()
             started = time.perf_counter()
-            prediction = predict_tile(network, tile, axes)[0]
-            if controller is not None:
-                controller.tile_done(time.perf_counter() - started, mirror_passes(axes))
-            prediction *= gaussian
-            logits[slicer] += prediction
-            weight_sum[slicer[1:]] += gaussian
-            if on_tile is not None:
-                on_tile()
+            predictions = predict_tile(network, tiles, axes)
+            seconds = (time.perf_counter() - started) / len(group)
+            for slicer, prediction in zip(group, predictions):
+                if controller is not None:
+                    controller.tile_done(seconds, mirror_passes(axes))
+                prediction *= gaussian
+                logits[slicer] += prediction
+                weight_sum[slicer[1:]] += gaussian
+                if on_tile is not None:
+                    on_tile()
     torch.div(logits, weight_sum, out=logits)
     if torch.isinf(logits).any():
         raise FloatingPointError("inf in accumulated fp16 logits: the network output overflows fp16")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy.ndimage import binary_fill_holes
 
 
-def nonzero_mask(data: np.ndarray) -> np.ndarray:
-    """Voxels that are non-zero in any channel of ``(C, *spatial)`` data, with enclosed holes filled."""
+def nonzero_mask(data: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """Voxels that are non-zero in any channel (``(C, *spatial)`` data or a list of same-shape channels), with
+    enclosed holes filled."""
     mask = data[0] != 0
     for channel in data[1:]:
         mask |= channel != 0
@@ -26,13 +29,13 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def crop_to_nonzero(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
-    """Crop ``(C, *spatial)`` data to its non-zero bounding box.
+def nonzero_box(channels: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """The non-zero bounding box of same-shape channels (nnU-Net's crop), without copying any channel.
 
     Returns:
-        the cropped data, the cropped non-zero mask (``True`` inside the body/field of view; used by masked
-        normalisation), and the bounding box (spatial slices) to paste predictions back.
+        the non-zero mask inside the box (``True`` inside the body/field of view; used by masked normalisation),
+        and the box (spatial slices) to crop each channel with and to paste predictions back.
     """
-    mask = nonzero_mask(data)
+    mask = nonzero_mask(channels)
     box = bounding_box(mask)
-    return data[(slice(None), *box)], mask[box], box
+    return mask[box], box

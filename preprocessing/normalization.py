@@ -16,6 +16,19 @@ import numpy as np
 EPS = 1e-8
 
 
+def mean_std(image: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) standard deviation of ``image``, accumulated in float64 slice by slice along the first
+    axis, so that no full-size temporary is made (numpy's ``std`` makes one: 0.8 GB for a HaN-Seg MR on the CT grid).
+    Agrees with float32 ``image.mean()`` / ``image.std()`` to ~1e-6 relative (those accumulate in float32)."""
+    n = image.size
+    mean = sum(float(part.sum(dtype=np.float64)) for part in image) / n
+    squares = 0.0
+    for part in image:
+        centred = part.astype(np.float64) - mean
+        squares += float(np.dot(centred.ravel(), centred.ravel()))
+    return mean, (squares / n) ** 0.5
+
+
 def normalize_channel(
     image: np.ndarray,
     scheme: str,
@@ -40,8 +53,7 @@ def normalize_channel(
             std = image[mask].std()
             image[mask] = (image[mask] - mean) / max(std, EPS)
         else:
-            mean = image.mean()
-            std = image.std()
+            mean, std = mean_std(image)
             image -= mean
             image /= max(std, EPS)
         return image

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from model.model_folder import ModelFolder
-from preprocessing.cropping import crop_to_nonzero
+from preprocessing.cropping import nonzero_box
 from preprocessing.normalization import normalize_channel
 from preprocessing.resampling import compute_new_shape, resample_data
 
@@ -55,30 +55,34 @@ def preprocess_case(
         raise ValueError(f"model expects {model.num_input_channels} channels, got {len(channels)}")
     config = model.configuration
     transpose = list(model.transpose_forward)
-    data = np.stack([np.asarray(c, dtype=np.float32) for c in channels])
-    data = data.transpose([0, *[t + 1 for t in transpose]])
+    # One channel at a time, so that only one full-size float32 copy exists at once (HaN-Seg CTs: 0.8 GB each);
+    # the channels themselves may be any dtype (the CT stays int16 until its crop is taken).
+    arrays = [np.asarray(c).transpose(transpose) for c in channels]
     spacing_zyx = list(spacing_xyz)[::-1]
     original_spacing = tuple(float(spacing_zyx[t]) for t in transpose)
-    shape_before = tuple(data.shape[1:])
+    shape_before = tuple(arrays[0].shape)
 
-    data, mask, bbox = crop_to_nonzero(data)
-    shape_after = tuple(data.shape[1:])
+    mask, bbox = nonzero_box(arrays)
+    shape_after = tuple(mask.shape)
 
     target_spacing = config.spacing if not config.is_2d else (original_spacing[0], *config.spacing)
     new_shape = compute_new_shape(shape_after, original_spacing, target_spacing)
-    for c, scheme in enumerate(config.normalization_schemes):
-        props = model.intensity_properties(c) if scheme == "CTNormalization" else None
-        data[c] = normalize_channel(data[c], scheme, config.use_mask_for_norm[c], mask, props)
     kwargs = config.data_resampling_kwargs
-    data = resample_data(
-        data,
-        new_shape,
-        original_spacing,
-        target_spacing,
-        order=int(kwargs.get("order", 3)),
-        order_z=int(kwargs.get("order_z", 0)),
-        force_separate_z=kwargs.get("force_separate_z", False),  # nnU-Net's default when unset
-    )
+    data = np.empty((len(arrays), *new_shape), dtype=np.float32)
+    for c, (array, scheme) in enumerate(zip(arrays, config.normalization_schemes)):
+        props = model.intensity_properties(c) if scheme == "CTNormalization" else None
+        channel = np.array(array[bbox], dtype=np.float32)  # a copy: normalised in place
+        channel = normalize_channel(channel, scheme, config.use_mask_for_norm[c], mask, props)
+        data[c] = resample_data(
+            channel[None],
+            new_shape,
+            original_spacing,
+            target_spacing,
+            order=int(kwargs.get("order", 3)),
+            order_z=int(kwargs.get("order_z", 0)),
+            force_separate_z=kwargs.get("force_separate_z", False),  # nnU-Net's default when unset
+        )[0]
+        del channel
     log.info(
         "preprocessed: shape %s -> crop %s -> model grid %s (spacing %s -> %s mm)",
         shape_before, shape_after, tuple(data.shape[1:]), original_spacing, tuple(target_spacing),

@@ -208,3 +208,28 @@ def test_unusable_mr_falls_back_to_ct_only(real_ct, small_model, tmp_path, make_
     assert result.returncode == 0, result.stderr[-3000:]
     assert reason in result.stderr and "predicting from the CT alone" in result.stderr
     assert_contract_output(tmp_path / "out", ct)
+
+
+@pytest.mark.slow
+def test_large_ct_under_a_memory_limit_is_not_killed(tmp_path):
+    """A 1024 x 1024 x 300 CT + T1 MR, full run with the shipped model inside an 8 GB cgroup (the platform's kind
+    of limit): exit 0 and one output of the CT's size. The same harness at 0.3 GB is killed (exit -9), which shows
+    the limit is real."""
+    from benchmarks import large_ct_memory
+
+    if not (REPO / "weights" / "plans.json").is_file():
+        pytest.skip("needs the shipped weights")
+    try:
+        with large_ct_memory.memory_cgroup(8.0):
+            pass
+    except (PermissionError, OSError) as err:
+        pytest.skip(f"cannot create a memory cgroup here: {err}")
+    root = large_ct_memory.make_input(tmp_path / "in")
+    code, _, peak_gb, last = large_ct_memory.run_process(root, tmp_path / "out", REPO / "weights", 8.0)
+    assert code == 0, last
+    written = list((tmp_path / "out" / "images" / "head_neck_oar").iterdir())
+    assert len(written) == 1 and sitk.ReadImage(str(written[0])).GetSize() == large_ct_memory.LARGE_SIZE_XYZ
+    assert peak_gb < 8.0
+    code, _, _, _ = large_ct_memory.run_process(root, tmp_path / "out_small", REPO / "weights", 0.3)
+    assert code == -9
+    assert not (tmp_path / "out_small").exists() or not any(p.is_file() for p in (tmp_path / "out_small").rglob("*"))
