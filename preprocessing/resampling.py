@@ -4,7 +4,11 @@ Arrays are channel-first ``(C, Z, Y, X)`` in nnU-Net's transposed axis order; sp
 order. Image data use cubic splines (``scipy.ndimage.zoom`` with ``grid_mode=True``, edge mode, clipped to the
 input range: bit-identical to nnU-Net's ``skimage.transform.resize(order=3, mode="edge", anti_aliasing=False)``).
 When one axis is much coarser than the others ("separate z"), that axis is resampled with nearest neighbour and
-the others slice by slice. Logits go back with separable linear interpolation in torch (``resample_axis``).
+the others slice by slice. When an axis keeps its size (2-D configurations keep the slice axis), the 3-D spline is
+evaluated at that axis's nodes, where it reproduces the data: the result equals resampling the other axes plane by
+plane (to float64 rounding; clipped to the whole volume's range), which needs no full-size float64 spline
+coefficients (5 GB for a 1024 x 1024 x 300 CT). Logits go back with separable linear interpolation in torch
+(``resample_axis``).
 """
 
 from __future__ import annotations
@@ -58,16 +62,19 @@ def separate_z_axis(
     return int(axes[0])
 
 
-def _zoom_clipped(array: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
+def _zoom_clipped(array: np.ndarray, new_shape: Sequence[int], order: int,
+                  value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Spline-resize ``array`` to ``new_shape`` and clip to its value range, like skimage's resize (float64).
 
     A float32 ``array`` is NOT converted to float64 first: scipy pads it (float32, exact) and computes the spline
     coefficients and the interpolation in float64 either way, so the result is the same number for number, without
     one full-size float64 copy (1.7 GB for a 1024 x 1024 x 200 channel). The output has ``array``'s dtype.
+    ``value_range`` (default: ``array``'s own) is the range the output is clipped to.
     """
     factors = np.divide(array.shape, new_shape)
     out = ndimage.zoom(array, [1 / f for f in factors], order=order, mode="nearest", grid_mode=True)
-    np.clip(out, array.min(), array.max(), out=out)
+    low, high = value_range if value_range is not None else (array.min(), array.max())
+    np.clip(out, low, high, out=out)
     return out
 
 
@@ -101,7 +108,17 @@ def resample_data(
     for c in range(data.shape[0]):
         channel = data[c] if data.dtype == np.float32 else data[c].astype(float, copy=False)
         if axis is None:
-            out[c] = _zoom_clipped(channel, new_shape, order)
+            kept = [a for a in range(channel.ndim) if channel.shape[a] == new_shape[a]]
+            if not kept or order == 0:
+                out[c] = _zoom_clipped(channel, new_shape, order)
+                continue
+            # an axis that keeps its size: plane by plane along it (module docstring), same clip range as 3-D
+            moved = np.moveaxis(channel, kept[0], 0)
+            value_range = (channel.min(), channel.max())
+            plane_shape = [s for a, s in enumerate(new_shape) if a != kept[0]]
+            target = np.moveaxis(out[c], kept[0], 0)
+            for i in range(moved.shape[0]):
+                target[i] = _zoom_clipped(moved[i], plane_shape, order, value_range)
             continue
         inplane_shape = [s for a, s in enumerate(new_shape) if a != axis]
         moved = np.moveaxis(channel, axis, 0)

@@ -70,3 +70,23 @@ def test_chunked_export_matches_nnunet_argmax(monkeypatch, shape, model_spacing,
     assert ours.shape == tuple(target_shape)
     agreement = (ours == ref).mean()
     assert agreement > 0.9999, agreement
+
+
+@pytest.mark.parametrize("kept_axis", [0, 1, 2])
+def test_axis_that_keeps_its_size_is_resampled_plane_by_plane_like_nnunet(kept_axis):
+    """2-D configurations keep the slice axis: the plane-by-plane path must give nnU-Net's 3-D spline result
+    (to float32 rounding), also where spline overshoot is clipped to the whole volume's range."""
+    rng = np.random.default_rng(1)
+    shape = [24, 30, 28]
+    new_shape = [10, 13, 12]
+    new_shape[kept_axis] = shape[kept_axis]
+    old_spacing = [2.0, 2.0, 2.0]
+    new_spacing = [2.0 * s / n for s, n in zip(shape, new_shape)]
+    data = rng.normal(size=(1, *shape)).astype(np.float32)
+    data[0, 5, 7, 9] = 25.0  # a spike: its neighbours overshoot, clipping matters
+    ours = resample_data(data, new_shape, old_spacing, new_spacing, order=3, order_z=0, force_separate_z=False)
+    ref = nnunet_resampling.resample_data_or_seg_to_shape(
+        data, new_shape, old_spacing, new_spacing, is_seg=False, order=3, order_z=0, force_separate_z=False
+    )
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
