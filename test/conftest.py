@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,22 @@ def write_image(array: np.ndarray, path: Path, like: sitk.Image | None = None,
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path))
     return path
+
+
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Predictors use one CPU thread (a training job may share the machine); the setting is restored after."""
+    import torch
+
+    import model.predictor as predictor_module
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(predictor_module, "available_cpu_threads", lambda: 1)
+    yield
+    torch.set_num_threads(before)
+
+
+def random_ct_and_t1(shape_zyx: tuple[int, int, int], seed: int = 0) -> list[np.ndarray]:
+    """A random CT in HU and a T1 in [0, 1), numpy (z, y, x), on the same grid (model input channels)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(-1000, 1000, shape_zyx).astype(np.float32), rng.random(shape_zyx, np.float32)]

@@ -34,6 +34,7 @@ from model.budget import (
     time_forward,
 )
 from model.sliding_window import sliding_window_logits, tile_slicers
+from test.conftest import random_ct_and_t1
 
 IMPORTED_AT = time.monotonic()
 """When this test module was imported: after the test process started, so an upper bound for its start."""
@@ -490,23 +491,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
                            patch_size=(16, 16, 16), features=(4, 8), mirror_axes=(0, 1, 2))
 
 
-@pytest.fixture
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Predictors use one CPU thread (a training job may share the machine); the setting is restored after."""
-    import model.predictor as predictor_module
-
-    before = torch.get_num_threads()
-    monkeypatch.setattr(predictor_module, "available_cpu_threads", lambda: 1)
-    yield
-    torch.set_num_threads(before)
-
-
-def random_channels(seed: int = 0) -> list[np.ndarray]:
-    """A CT in HU and a T1 in [0, 1), numpy (z, y, x), on the same grid."""
-    rng = np.random.default_rng(seed)
-    return [rng.integers(-1000, 1000, SHAPE_ZYX).astype(np.float32), rng.random(SHAPE_ZYX, np.float32)]
-
-
 def spy_on_sliding_window(monkeypatch: pytest.MonkeyPatch,
                           after_call: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """Record the keyword arguments of every sliding-window run of the predictor (one per fold)."""
@@ -542,7 +526,7 @@ def test_a_budget_too_small_for_anything_still_gives_a_full_result(
     predictor = Predictor(load_model_folder(tiny_model), torch.device("cpu"),
                           PredictorOptions(progress=False, time_budget=0.001))
     with caplog.at_level(logging.INFO, logger="model.predictor"):
-        labels = predictor.predict(random_channels(), SPACING_XYZ)
+        labels = predictor.predict(random_ct_and_t1(SHAPE_ZYX), SPACING_XYZ)
     assert labels.shape == SHAPE_ZYX and labels.dtype == np.uint8
     assert labels.max() <= 30 and len(np.unique(labels)) > 1
     assert len(calls) == 1  # one fold
@@ -564,7 +548,7 @@ def test_without_a_budget_the_full_plan_runs(
     calls = spy_on_sliding_window(monkeypatch)
     model = load_model_folder(tiny_model)
     predictor = Predictor(model, torch.device("cpu"), PredictorOptions(progress=False))
-    case = predictor.preprocess(random_channels(), SPACING_XYZ)
+    case = predictor.preprocess(random_ct_and_t1(SHAPE_ZYX), SPACING_XYZ)
     plan, controller = predictor.plan(case)
     assert plan == Plan(2, (0, 1, 2), 0.5) and controller is None
     with caplog.at_level(logging.INFO, logger="model.predictor"):
@@ -590,7 +574,7 @@ def test_a_middling_budget_drops_only_what_it_must(
     calls = spy_on_sliding_window(monkeypatch)
     predictor = Predictor(load_model_folder(tiny_model), torch.device("cpu"),
                           PredictorOptions(progress=False, time_budget=170.0))
-    case = predictor.preprocess(random_channels(), SPACING_XYZ)
+    case = predictor.preprocess(random_ct_and_t1(SHAPE_ZYX), SPACING_XYZ)
     assert predictor._n_tiles(case, 0.5) == 24
     with caplog.at_level(logging.INFO, logger="model.predictor"):
         labels = predictor.predict_preprocessed(case)
@@ -618,7 +602,7 @@ def test_a_fold_that_no_longer_fits_is_skipped_but_the_first_always_completes(
     predictor = Predictor(load_model_folder(tiny_model), torch.device("cpu"),
                           PredictorOptions(progress=False, time_budget=100.0))
     with caplog.at_level(logging.INFO, logger="model.predictor"):
-        labels = predictor.predict(random_channels(), SPACING_XYZ)
+        labels = predictor.predict(random_ct_and_t1(SHAPE_ZYX), SPACING_XYZ)
     assert labels.shape == SHAPE_ZYX
     assert len(calls) == 1 and calls[0]["mirror_axes"] == (0, 1, 2)  # the plan was the full one
     assert budget_warnings(caplog) == ["time budget: gave up folds 2 -> 1 (running late)"]

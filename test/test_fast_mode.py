@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from model import fast
 from model.fast import BATCH_TILES, FastSettings, cpu_has_native_bf16, fast_settings
 from model.sliding_window import gaussian_importance_map, sliding_window_logits, tile_slicers
+from test.conftest import random_ct_and_t1
 
 CPU = torch.device("cpu")
 PATCH = (16, 16, 16)
@@ -164,23 +164,6 @@ def tiny_model_3_axes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("fast3") / "model", mirror_axes=(0, 1, 2), folds=1)
 
 
-@pytest.fixture
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Predictors use one CPU thread (a training job may share the machine); the setting is restored after."""
-    import model.predictor as predictor_module
-
-    before = torch.get_num_threads()
-    monkeypatch.setattr(predictor_module, "available_cpu_threads", lambda: 1)
-    yield
-    torch.set_num_threads(before)
-
-
-def random_channels(seed: int = 0) -> list[np.ndarray]:
-    """A CT in HU and a T1 in [0, 1), numpy (z, y, x), on the same grid."""
-    rng = np.random.default_rng(seed)
-    return [rng.integers(-1000, 1000, SHAPE_ZYX).astype(np.float32), rng.random(SHAPE_ZYX, np.float32)]
-
-
 # --- the predictor's fast path ---------------------------------------------------------------------------------------
 
 
@@ -226,7 +209,7 @@ def test_fast_mode_with_bf16_keeps_the_shape_and_almost_every_label(
 
     cpu_flags(monkeypatch, True)
     model = load_model_folder(tiny_model)
-    channels = random_channels()
+    channels = random_ct_and_t1(SHAPE_ZYX)
     exact = Predictor(model, CPU, PredictorOptions(progress=False)).predict(channels, SPACING_XYZ)
 
     calls: list[dict[str, Any]] = []
