@@ -6,7 +6,8 @@ the machine's background load hits both alike. Per run we record:
 
 - wall time (s) of the whole subprocess: imports, model loading, preprocessing, sliding window, export, writing;
 - peak RSS (GB) of the whole process tree (the run and any worker processes it starts), sampled from ``/proc``
-  every 50 ms, and the peak RSS of the single largest process (``getrusage`` in the child);
+  every 50 ms, and the peak RSS of the single largest process of that tree (same sampling; ``getrusage``
+  is not used: Linux keeps ``ru_maxrss`` across exec, so a child would inherit this parent's peak);
 - per-label Dice between the two label maps (model label indices, every label either predictor used).
 
 Cases:
@@ -30,7 +31,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -155,8 +155,6 @@ def child_main(args: argparse.Namespace) -> int:
     sitk.WriteImage(image, str(out / "labels.nii.gz"))
     stats = {
         "seconds_in_child": time.perf_counter() - start,
-        "maxrss_self_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-        "maxrss_children_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2,
     }
     (out / "stats.json").write_text(json.dumps(stats))
     return 0
@@ -164,7 +162,12 @@ def child_main(args: argparse.Namespace) -> int:
 
 def _tree_rss_bytes(root: int) -> int:
     """Resident memory of ``root`` and all its descendants (Linux /proc)."""
-    total, stack, seen = 0, [root], set()
+    return sum(_tree_process_rss(root))
+
+
+def _tree_process_rss(root: int) -> list[int]:
+    """Resident memory (bytes) of each process of the tree under ``root`` (Linux /proc)."""
+    sizes, stack, seen = [], [root], set()
     while stack:
         pid = stack.pop()
         if pid in seen:
@@ -172,13 +175,13 @@ def _tree_rss_bytes(root: int) -> int:
         seen.add(pid)
         try:
             with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                sizes.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
             for task in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{task}/children") as f:
                     stack += [int(c) for c in f.read().split()]
         except (FileNotFoundError, ProcessLookupError, ValueError):
             continue
-    return total
+    return sizes
 
 
 @dataclass
@@ -210,14 +213,15 @@ def run_child(who: str, case: str, files: tuple[Path, Path], model: Path, out: P
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    peak = 0
+    peak = largest = 0
     killed = False
     stderr_chunks: list[str] = []
     reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
     reader.start()
     while proc.poll() is None:
-        rss = _tree_rss_bytes(proc.pid)
-        peak = max(peak, rss)
+        sizes = _tree_process_rss(proc.pid)
+        rss = sum(sizes)
+        peak, largest = max(peak, rss), max([largest, *sizes])
         if rss > mem_cap_gb * 1024**3 and not killed:
             log.warning("%s on %s: %.1f GB > cap %.1f GB: killing it", who, case, rss / 1024**3, mem_cap_gb)
             os.killpg(proc.pid, 9)
@@ -227,8 +231,7 @@ def run_child(who: str, case: str, files: tuple[Path, Path], model: Path, out: P
     reader.join(timeout=5)
     stats_file = out / "stats.json"
     ok = proc.returncode == 0 and stats_file.is_file()
-    stats = json.loads(stats_file.read_text()) if ok else {}
-    maxrss = max(stats.get("maxrss_self_gb", 0.0), stats.get("maxrss_children_gb", 0.0))
+    maxrss = largest / 1024**3
     note = ""
     if killed:
         note = f"killed above the {mem_cap_gb:g} GB cap"
