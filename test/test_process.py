@@ -8,6 +8,7 @@ not depend on the weights).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from contract.labels import HANSEG_OAR_NAMES, MAX_LABEL
+from contract.labels import HANSEG_NAMES_BY_VALUE, HANSEG_OAR_NAMES, MAX_LABEL
 from preprocessing.synthetic_t1 import make_t1_like
 from test.conftest import REPO, write_image
 from test.make_test_model import make_test_model
@@ -189,3 +190,17 @@ def test_dataset_mode_finishes_good_cases_and_reports_the_bad_one(real_ct, small
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case_01.mha", "case_03.mha"]
     assert "case_02" in result.stderr.strip().splitlines()[-1] and str(broken) in result.stderr
     assert "2 of 3 cases written" in result.stderr
+
+
+def test_qa_option_writes_a_picture_and_volumes_beside_the_contract_output(real_ct, small_model, tmp_path):
+    ct = real_ct[:, :, 50:62]
+    root = make_case(tmp_path / "in", ct, with_mr=False)
+    result = run_process("--input", root, "--output", tmp_path / "out", "--model", small_model, "--no-tta",
+                         "--folds", "0", "--qa", tmp_path / "qa")
+    assert result.returncode == 0, result.stderr[-3000:]
+    labels = assert_contract_output(tmp_path / "out", ct)  # the QA folder is outside the output contract
+    assert sorted(p.name for p in (tmp_path / "qa").iterdir()) == ["case_a_qa.png", "case_a_volumes.json"]
+    assert (tmp_path / "qa" / "case_a_qa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    volumes = json.loads((tmp_path / "qa" / "case_a_volumes.json").read_text())["volumes_ml"]
+    present = {HANSEG_NAMES_BY_VALUE[int(v)] for v in np.unique(labels) if v}
+    assert {name for name, ml in volumes.items() if ml > 0} == present
