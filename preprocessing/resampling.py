@@ -107,25 +107,26 @@ def resample_data(
     out = np.zeros((data.shape[0], *new_shape), dtype=data.dtype)
     for c in range(data.shape[0]):
         channel = data[c] if data.dtype == np.float32 else data[c].astype(float, copy=False)
-        if axis is None:
-            kept = [a for a in range(channel.ndim) if channel.shape[a] == new_shape[a]]
-            if not kept or order == 0:
-                out[c] = _zoom_clipped(channel, new_shape, order)
-                continue
-            # an axis that keeps its size: plane by plane along it (module docstring), same clip range as 3-D
-            moved = np.moveaxis(channel, kept[0], 0)
-            value_range = (channel.min(), channel.max())
-            plane_shape = [s for a, s in enumerate(new_shape) if a != kept[0]]
-            target = np.moveaxis(out[c], kept[0], 0)
-            for i in range(moved.shape[0]):
-                target[i] = _zoom_clipped(moved[i], plane_shape, order, value_range)
+        if axis is not None:  # separate z: the other axes plane by plane, then nearest neighbour along it
+            planes = _zoom_planes(channel, axis, new_shape, order)
+            out[c] = np.moveaxis(planes[_nearest_indices(channel.shape[axis], new_shape[axis])], 0, axis)
             continue
-        inplane_shape = [s for a, s in enumerate(new_shape) if a != axis]
-        moved = np.moveaxis(channel, axis, 0)
-        stack = np.stack([_zoom_clipped(moved[i], inplane_shape, order) for i in range(moved.shape[0])])
-        stack = stack[_nearest_indices(moved.shape[0], new_shape[axis])]
-        out[c] = np.moveaxis(stack, 0, axis)
+        kept = [a for a in range(channel.ndim) if channel.shape[a] == new_shape[a]]
+        if kept and order > 0:  # an axis that keeps its size: plane by plane along it, the 3-D clip range
+            planes = _zoom_planes(channel, kept[0], new_shape, order, (channel.min(), channel.max()))
+            out[c] = np.moveaxis(planes, 0, kept[0])
+        else:
+            out[c] = _zoom_clipped(channel, new_shape, order)
     return out
+
+
+def _zoom_planes(channel: np.ndarray, axis: int, new_shape: Sequence[int], order: int,
+                 value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Every plane of ``channel`` across ``axis`` resized to ``new_shape`` without that axis, stacked along a new
+    first axis. ``value_range``: clip range for all planes (default: each plane's own, as skimage per slice)."""
+    plane_shape = [s for a, s in enumerate(new_shape) if a != axis]
+    moved = np.moveaxis(channel, axis, 0)
+    return np.stack([_zoom_clipped(plane, plane_shape, order, value_range) for plane in moved])
 
 
 def resample_axis(tensor: torch.Tensor, dim: int, new_size: int, mode: str = "linear") -> torch.Tensor:
