@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from benchmarks.nnunet_comparison import OPENKBP, REPO, _tree_rss_bytes, hanseg_sized_ct
+from benchmarks.monitor import run_monitored
+from benchmarks.nnunet_comparison import OPENKBP, REPO, hanseg_sized_ct
 
 log = logging.getLogger("benchmarks.large_ct_memory")
 LARGE_SIZE_XYZ = (1024, 1024, 300)
@@ -88,20 +88,10 @@ def run_process(input_root: Path, out: Path, model: Path, limit_gb: float | None
     """Run ``process.py``; returns (exit code, wall s, peak tree RSS GB, last stderr line)."""
     cmd = [sys.executable, str(REPO / "process.py"), "--input", str(input_root), "--output", str(out), "--model",
            str(model), "--no-progress", *extra]
-    with memory_cgroup(limit_gb) as move, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                                start_new_session=True)
-        if move is not None:
-            move(proc.pid)  # before it has imported anything: a few MB at most
-        peak = 0
-        while proc.poll() is None:
-            peak = max(peak, _tree_rss_bytes(proc.pid))
-            time.sleep(0.05)
-        seconds = time.perf_counter() - start
-        err.seek(0)
-        lines = err.read().strip().splitlines()
-    return proc.returncode, seconds, peak / 1024**3, lines[-1] if lines else ""
+    with memory_cgroup(limit_gb) as move:
+        # moved into the cgroup right after the start, before it has imported anything: a few MB at most
+        run = run_monitored(cmd, dict(os.environ, PYTHONPATH=str(REPO)), on_start=move)
+    return run.returncode, run.seconds, run.peak_tree_gb, run.last_stderr_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,9 +5,8 @@ do exactly the same work: no registration), each run in its own subprocess, alte
 the machine's background load hits both alike. Per run we record:
 
 - wall time (s) of the whole subprocess: imports, model loading, preprocessing, sliding window, export, writing;
-- peak RSS (GB) of the whole process tree (the run and any worker processes it starts), sampled from ``/proc``
-  every 50 ms, and the peak RSS of the single largest process of that tree (same sampling; ``getrusage``
-  is not used: Linux keeps ``ru_maxrss`` across exec, so a child would inherit this parent's peak);
+- peak RSS (GB) of the whole process tree (the run and any worker processes it starts) and of its single largest
+  process (``benchmarks.monitor``: sampled from ``/proc`` every 50 ms);
 - per-label Dice between the two label maps (model label indices, every label either predictor used).
 
 Cases:
@@ -32,10 +31,8 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from benchmarks.monitor import run_monitored
 
 REPO = Path(__file__).resolve().parents[1]
 OPENKBP = REPO.parent / "shared" / "data" / "openkbp_hn_ct" / "cases"
@@ -160,30 +159,6 @@ def child_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tree_rss_bytes(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants (Linux /proc)."""
-    return sum(_tree_process_rss(root))
-
-
-def _tree_process_rss(root: int) -> list[int]:
-    """Resident memory (bytes) of each process of the tree under ``root`` (Linux /proc)."""
-    sizes, stack, seen = [], [root], set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                sizes.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    stack += [int(c) for c in f.read().split()]
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            continue
-    return sizes
-
-
 @dataclass
 class RunResult:
     """One subprocess run."""
@@ -210,38 +185,17 @@ def run_child(who: str, case: str, files: tuple[Path, Path], model: Path, out: P
     if args.time_budget and who != "nnunet":
         cmd += ["--time-budget", str(args.time_budget)]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(os.cpu_count() or 1))
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    peak = largest = 0
-    killed = False
-    stderr_chunks: list[str] = []
-    reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
-    reader.start()
-    while proc.poll() is None:
-        sizes = _tree_process_rss(proc.pid)
-        rss = sum(sizes)
-        peak, largest = max(peak, rss), max([largest, *sizes])
-        if rss > mem_cap_gb * 1024**3 and not killed:
-            log.warning("%s on %s: %.1f GB > cap %.1f GB: killing it", who, case, rss / 1024**3, mem_cap_gb)
-            os.killpg(proc.pid, 9)
-            killed = True
-        time.sleep(0.05)
-    seconds = time.perf_counter() - start
-    reader.join(timeout=5)
-    stats_file = out / "stats.json"
-    ok = proc.returncode == 0 and stats_file.is_file()
-    maxrss = largest / 1024**3
+    run = run_monitored(cmd, env, cwd=REPO, kill_above_gb=mem_cap_gb)
+    ok = run.returncode == 0 and (out / "stats.json").is_file()
     note = ""
-    if killed:
+    if run.killed:
         note = f"killed above the {mem_cap_gb:g} GB cap"
     elif not ok:
-        note = f"exit {proc.returncode}: " + "".join(stderr_chunks).strip().splitlines()[-1:][0][:200] \
-            if "".join(stderr_chunks).strip() else f"exit {proc.returncode}"
+        note = f"exit {run.returncode}: {run.last_stderr_line[:200]}"
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nii.gz"))) if ok else None
-    result = RunResult(who, case, seconds, peak / 1024**3, maxrss, ok, note, labels)
-    log.info("%-6s %-8s %7.1f s  peak tree RSS %5.2f GB  largest process %5.2f GB  %s", who, case, seconds,
-             result.peak_tree_gb, maxrss, note)
+    result = RunResult(who, case, run.seconds, run.peak_tree_gb, run.largest_process_gb, ok, note, labels)
+    log.info("%-6s %-8s %7.1f s  peak tree RSS %5.2f GB  largest process %5.2f GB  %s", who, case, run.seconds,
+             result.peak_tree_gb, result.maxrss_gb, note)
     return result
 
 
