@@ -149,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
 
     results = evaluate(args.model, args.raw, args.work, args.threads)
     labels = [n for n in json.loads((args.model / "dataset.json").read_text())["labels"] if n != "background"]
-    (args.work / "heldout_metrics.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    metrics = json.dumps(results, indent=1, default=str) + "\n"
+    (args.work / "heldout_metrics.json").write_text(metrics)
     md = heldout_markdown(results, labels)
     print(md)
     if not args.no_card:
-        (args.model / "heldout_metrics.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        (args.model / "heldout_metrics.json").write_text(metrics)
         fill_heldout(args.model, md)
     return 0
 
