@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,10 +23,8 @@ from preprocessing.synthetic_t1 import (
     relabel_direction,
     target_registration_error,
 )
+from test.conftest import HEAD_MR, openkbp_ct_path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CASES = SHARED / "data" / "openkbp_hn_ct" / "cases"
-REAL_MR = SHARED / "data" / "head_mr_t1"
 THREADS = 2
 MR_SPACING = (1.2, 1.2, 2.0)
 """MR grid for most tests: finer than the 4-5 mm OpenKBP CT, cheaper than the 0.9 x 0.9 x 1.5 mm default."""
@@ -37,10 +34,7 @@ log = logging.getLogger(__name__)
 
 @cache
 def load_ct(case: str) -> sitk.Image:
-    path = CASES / case / "ct.nii.gz"
-    if not path.is_file():
-        pytest.skip(f"OpenKBP CT not available at {path} (../shared/data/openkbp_hn_ct)")
-    return sitk.ReadImage(str(path))
+    return sitk.ReadImage(str(openkbp_ct_path(case)))
 
 
 @cache
@@ -168,7 +162,7 @@ def test_other_body_part_rejected() -> None:
 @pytest.mark.parametrize("name", ["visible_male_head_mri.mha", "rire_training_001_mr_T1.mha"])
 def test_real_mr_does_not_crash(name: str) -> None:
     """A real T1 (another subject, head only) against an OpenKBP CT: any decision, no exception."""
-    path = REAL_MR / name
+    path = HEAD_MR / name
     if not path.is_file():
         pytest.skip(f"real MR not available at {path}")
     mr = sitk.ReadImage(str(path))

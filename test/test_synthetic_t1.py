@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -15,17 +13,13 @@ from preprocessing.synthetic_t1 import (
     random_rigid,
     relabel_direction,
 )
+from test.conftest import openkbp_ct_path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CASES = SHARED / "data" / "openkbp_hn_ct" / "cases"
 SMALL = {"spacing_mm": (1.8, 1.8, 3.0)}  # cheap MR grid for tests that do not need the default resolution
 
 
 def load_ct(case: str) -> sitk.Image:
-    path = CASES / case / "ct.nii.gz"
-    if not path.is_file():
-        pytest.skip(f"OpenKBP CT not available at {path} (../shared/data/openkbp_hn_ct)")
-    return sitk.ReadImage(str(path))
+    return sitk.ReadImage(str(openkbp_ct_path(case)))
 
 
 @pytest.fixture(scope="module")
