@@ -86,3 +86,22 @@ def model_to_hanseg_lookup(model_labels: Mapping[str, int]) -> list[int]:
             )
         lut[value] = HANSEG_LABELS[name]
     return lut
+
+
+def _lateral_pairs() -> dict[str, tuple[str, str]]:
+    pairs: dict[str, tuple[str, str]] = {}
+    for name in HANSEG_OAR_NAMES:
+        if name.endswith("L") and name[:-1] + "R" in HANSEG_LABELS:
+            base = name[:-1].rstrip("_")
+            pairs[base] = (name, name[:-1] + "R")
+    return pairs
+
+
+LATERAL_PAIRS: dict[str, tuple[str, str]] = _lateral_pairs()
+"""Merged name -> (patient-left OAR, patient-right OAR) for the 8 lateralised pairs of the table, e.g.
+``"Parotid": ("Parotid_L", "Parotid_R")``, ``"Eye_A": ("Eye_AL", "Eye_AR")``. A model trained with the pairs merged
+names the merged label so and declares the pair in its ``dataset.json`` (``lr_split``); the pipeline splits it by the
+patient's mid-sagittal plane (``preprocessing.laterality``)."""
+
+LATERAL_OF: dict[str, str] = {side: merged for merged, pair in LATERAL_PAIRS.items() for side in pair}
+"""Lateralised OAR name -> its merged name (``"Parotid_L" -> "Parotid"``)."""

@@ -12,37 +12,58 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from contract.labels import HANSEG_LABELS, hanseg_value
+from contract.labels import HANSEG_LABELS, LATERAL_OF, LATERAL_PAIRS, hanseg_value
 
 BACKGROUND_NAME = "background"
 
 
-def dataset_label_table(present_oars: Iterable[str]) -> dict[str, int]:
+def training_name(name: str, merge_lr: bool) -> str:
+    """The label name an OAR is trained under: its merged L/R name (``Parotid_L -> Parotid``) when ``merge_lr``."""
+    return LATERAL_OF.get(name, name) if merge_lr else name
+
+
+def _order(name: str) -> int:
+    return hanseg_value(LATERAL_PAIRS[name][0]) if name in LATERAL_PAIRS else hanseg_value(name)
+
+
+def dataset_label_table(present_oars: Iterable[str], merge_lr: bool = False) -> dict[str, int]:
     """Return nnU-Net's ``labels`` entry for a dataset holding ``present_oars``.
 
     Args:
         present_oars: HaN-Seg OAR names present in at least one case (any order, duplicates allowed).
+        merge_lr: name each lateralised pair once with its merged name (``contract.labels.LATERAL_PAIRS``).
 
     Returns:
-        ``{"background": 0, name: 1..K}`` with names in HaN-Seg label order (insertion-ordered dict).
+        ``{"background": 0, name: 1..K}`` with names in HaN-Seg label order (a merged pair at its left member's
+        place; insertion-ordered dict).
 
     Raises:
         KeyError: if a name is not a HaN-Seg OAR.
     """
-    names = sorted(set(present_oars), key=hanseg_value)
+    for name in present_oars:
+        hanseg_value(name)
+    names = sorted({training_name(n, merge_lr) for n in present_oars}, key=_order)
     table = {BACKGROUND_NAME: 0}
     for i, name in enumerate(names, start=1):
         table[name] = i
     return table
 
 
+def lr_split_declaration(table: dict[str, int]) -> dict[str, list[str]]:
+    """``dataset.json`` ``lr_split`` for the merged names of ``table``: merged name -> [left OAR, right OAR]."""
+    return {name: list(LATERAL_PAIRS[name]) for name in table if name in LATERAL_PAIRS}
+
+
 def hanseg_to_dataset_lut(table: dict[str, int]) -> np.ndarray:
-    """Lookup array ``lut[hanseg_value] -> dataset value`` (uint8, length 31); OARs not in ``table`` map to 0."""
+    """Lookup array ``lut[hanseg_value] -> dataset value`` (uint8, length 31); OARs not in ``table`` map to 0.
+
+    Both members of a merged L/R name map to the merged value."""
     lut = np.zeros(max(HANSEG_LABELS.values()) + 1, dtype=np.uint8)
     for name, value in table.items():
         if name == BACKGROUND_NAME:
             continue
-        lut[hanseg_value(name)] = value
+        for member in LATERAL_PAIRS.get(name, (name,)):
+            lut[hanseg_value(member)] = value
     return lut
 
 
