@@ -62,6 +62,7 @@ class RunOptions:
     fast: bool = False
     time_budget: float | None = None
     reorient: bool = True
+    trust_model: bool = False
 
 
 def resolve_model_dir(cli_value: Path | None) -> Path:
@@ -102,6 +103,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--as-stored", action="store_true",
                         help="feed the voxel arrays in their stored axis order, as nnU-Net does, instead of permuting "
                         "them to the model's training orientation (only for models trained on mixed orientations)")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="load the model folder's checkpoints with full unpickling, which can run code the files "
+                        "carry; only for a model folder you trust as code (default: weights and plain values only, "
+                        "anything else refused with exit 4)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if not 0 < args.tile_step <= 1:
@@ -238,7 +243,8 @@ def build_predictor(options: RunOptions):  # noqa: ANN201 - imported lazily to k
     from model.model_folder import load_model_folder
     from model.predictor import Predictor, PredictorOptions
 
-    model = load_model_folder(options.model_dir, list(options.folds) if options.folds else None)
+    model = load_model_folder(options.model_dir, list(options.folds) if options.folds else None,
+                              trust_model=options.trust_model)
     predictor = Predictor(
         model,
         select_device(options.device),
@@ -305,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fast=args.fast,
         time_budget=args.time_budget,
         reorient=not args.as_stored,
+        trust_model=args.trust_model,
     )
     try:
         return run(input_root, output_root, options)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from contract.errors import ModelFolderError
+from model.checkpoint_loading import load_checkpoint
 from preprocessing.orientation import DEFAULT_ORIENTATION, check_orientation_code
 
 log = logging.getLogger(__name__)
@@ -146,19 +148,95 @@ class ModelFolder:
         return None
 
 
+MAX_JSON_BYTES = 16 * 2**20
+"""Largest plans.json / dataset.json read (nnU-Net's are a few kB to a few hundred kB)."""
+MAX_PATCH_VOXELS = 2**24
+"""Largest patch (voxels) accepted from the plans: 256^3 x 1, well above any nnU-Net configuration."""
+MIN_MODEL_SPACING_MM = 0.05
+MAX_MODEL_SPACING_MM = 50.0
+
+
 def _load_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelFolderError(path, "missing (not an nnU-Net v2 model folder?)")
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ModelFolderError(path, f"larger than {MAX_JSON_BYTES // 2**20} MB: not an nnU-Net JSON file")
         with path.open() as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError) as err:
+            content = json.load(fh)
+    except RecursionError:
+        raise ModelFolderError(path, "JSON nested too deeply") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelFolderError(path, f"cannot parse JSON ({err})") from None
+    if not isinstance(content, dict):
+        raise ModelFolderError(path, f"expected a JSON object, got {type(content).__name__}")
+    return content
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_dataset_json(dataset: dict[str, Any], path: Path) -> None:
+    """``channel_names`` ("0".."N-1" -> name) and ``labels`` (name -> distinct non-negative int, background 0)."""
+    channels = dataset["channel_names"]
+    if (not isinstance(channels, dict) or not channels
+            or sorted(channels) != [str(i) for i in range(len(channels))]
+            or not all(isinstance(v, str) for v in channels.values())):
+        raise ModelFolderError(path, 'channel_names must map "0", "1", ... to channel names')
+    labels = dataset["labels"]
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and _is_int(v) and 0 <= v < 256
+                                               for k, v in labels.items()):
+        raise ModelFolderError(path, "labels must map names to integer values 0..255 (region labels are not "
+                                     "supported)")
+    if sorted(labels.values()) != list(range(len(labels))):
+        raise ModelFolderError(path, f"label values must be 0..{len(labels) - 1}, each once; got "
+                                     f"{sorted(labels.values())}")
+    if "orientation" in dataset and not isinstance(dataset["orientation"], str):
+        raise ModelFolderError(path, "orientation must be a string such as \"LPS\"")
+
+
+def check_plans_geometry(plans: dict[str, Any], config: Configuration, mirror_axes: tuple[int, ...],
+                         path: Path) -> None:
+    """Patch size, spacing, transposes and mirror axes: values inference can run with."""
+    if not all(p >= 1 for p in config.patch_size) or math.prod(config.patch_size) > MAX_PATCH_VOXELS:
+        raise ModelFolderError(path, f"patch size {config.patch_size} must be positive and at most "
+                                     f"{MAX_PATCH_VOXELS} voxels")
+    if not all(MIN_MODEL_SPACING_MM <= s <= MAX_MODEL_SPACING_MM for s in config.spacing):
+        raise ModelFolderError(path, f"spacing {config.spacing} mm outside [{MIN_MODEL_SPACING_MM}, "
+                                     f"{MAX_MODEL_SPACING_MM}]")
+    forward = plans.get("transpose_forward", [0, 1, 2])
+    backward = plans.get("transpose_backward", [0, 1, 2])
+    for key, value in (("transpose_forward", forward), ("transpose_backward", backward)):
+        if not isinstance(value, list) or sorted(value) != [0, 1, 2] or not all(_is_int(v) for v in value):
+            raise ModelFolderError(path, f"{key} must be a permutation of [0, 1, 2], got {value!r:.80}")
+    if [forward[b] for b in backward] != [0, 1, 2]:
+        raise ModelFolderError(path, f"transpose_backward {backward} does not undo transpose_forward {forward}")
+    n_axes = len(config.patch_size)
+    if any(not 0 <= a < n_axes for a in mirror_axes):
+        raise ModelFolderError(path, f"mirror axes {mirror_axes} out of range for a {n_axes}-D configuration")
+    for key, kwargs in (("resampling_fn_data_kwargs", config.data_resampling_kwargs),
+                        ("resampling_fn_probabilities_kwargs", config.probabilities_resampling_kwargs)):
+        for order_key in ("order", "order_z"):
+            if order_key in kwargs and not (_is_int(kwargs[order_key]) and 0 <= kwargs[order_key] <= 5):
+                raise ModelFolderError(path, f"{key}.{order_key} must be an integer 0..5")
+        if kwargs.get("force_separate_z") not in (None, True, False):
+            raise ModelFolderError(path, f"{key}.force_separate_z must be true, false or null")
+    props = plans.get("foreground_intensity_properties_per_channel", {})
+    if not isinstance(props, dict) or not all(
+            isinstance(p, dict) and all(_is_number(v) for v in p.values()) for p in props.values()):
+        raise ModelFolderError(path, "foreground_intensity_properties_per_channel must hold numbers per channel")
 
 
 def resolve_configuration(plans: dict[str, Any], name: str, plans_path: Path) -> dict[str, Any]:
     """Return configuration ``name`` with nnU-Net's ``inherits_from`` chain applied."""
     configurations = plans.get("configurations", {})
+    if not isinstance(configurations, dict) or not all(isinstance(c, dict) for c in configurations.values()):
+        raise ModelFolderError(plans_path, "configurations must map names to objects")
     if name not in configurations:
         raise ModelFolderError(plans_path, f"configuration {name!r} not found; have {sorted(configurations)}")
     config = dict(configurations[name])
@@ -178,6 +256,10 @@ def _parse_configuration(plans: dict[str, Any], name: str, plans_path: Path, n_c
     raw = resolve_configuration(plans, name, plans_path)
     try:
         arch = raw["architecture"]
+        if not all(_is_int(p) for p in raw["patch_size"]) or not all(_is_number(s) for s in raw["spacing"]):
+            raise ValueError("patch_size must be integers and spacing finite numbers")
+        if not isinstance(arch["network_class_name"], str) or not isinstance(arch["arch_kwargs"], dict):
+            raise ValueError("network_class_name must be a string and arch_kwargs an object")
         config = Configuration(
             name=name,
             patch_size=tuple(int(p) for p in raw["patch_size"]),
@@ -191,7 +273,7 @@ def _parse_configuration(plans: dict[str, Any], name: str, plans_path: Path, n_c
             probabilities_resampling_kwargs=dict(raw.get("resampling_fn_probabilities_kwargs", {})),
         )
     except (KeyError, TypeError, ValueError) as err:
-        raise ModelFolderError(plans_path, f"configuration {name!r} is incomplete ({err!r})") from None
+        raise ModelFolderError(plans_path, f"configuration {name!r} is incomplete or malformed ({err})") from None
     for key in ("resampling_fn_data", "resampling_fn_probabilities"):
         if raw.get(key, SUPPORTED_RESAMPLING) != SUPPORTED_RESAMPLING:
             raise ModelFolderError(plans_path, f"{key}={raw[key]!r} is not supported (only {SUPPORTED_RESAMPLING})")
@@ -205,21 +287,32 @@ def _parse_configuration(plans: dict[str, Any], name: str, plans_path: Path, n_c
     return config
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load an nnU-Net checkpoint on the CPU.
-
-    Tries ``weights_only=True`` first (safe); nnU-Net's own checkpoints pickle more than tensors, so a
-    checkpoint that needs it is loaded with ``weights_only=False``: only point the predictor at model
-    folders you trust.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - any unpickling refusal: retry the trusted way
-        log.debug("%s needs full unpickling (weights_only=False)", path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        raise ModelFolderError(path, f"cannot load checkpoint ({type(err).__name__}: {err})") from None
+def _checkpoint_fields(checkpoint: Any, path: Path) -> tuple[dict[str, torch.Tensor], str, str, tuple[int, ...] | None]:
+    """The fields of an nnU-Net v2 checkpoint that inference uses, each checked: ``network_weights`` (a
+    state_dict: names -> tensors), ``init_args.configuration`` (a name), ``trainer_name`` and
+    ``inference_allowed_mirroring_axes`` (None or a sequence of axis indices)."""
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint or "init_args" not in checkpoint:
+        raise ModelFolderError(path, "not an nnU-Net v2 checkpoint (no network_weights/init_args)")
+    weights = checkpoint["network_weights"]
+    if not isinstance(weights, dict) or not weights or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        raise ModelFolderError(path, f"network_weights must be a state_dict (parameter names -> tensors), got "
+                                     f"{type(weights).__name__}")
+    init_args = checkpoint["init_args"]
+    configuration = init_args.get("configuration") if isinstance(init_args, dict) else None
+    if not isinstance(configuration, str) or not configuration:
+        raise ModelFolderError(path, "init_args has no configuration name")
+    trainer_name = checkpoint.get("trainer_name", "nnUNetTrainer")
+    if not isinstance(trainer_name, str):
+        raise ModelFolderError(path, f"trainer_name must be a string, got {type(trainer_name).__name__}")
+    axes = checkpoint.get("inference_allowed_mirroring_axes")
+    if axes is not None:
+        if not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) and not isinstance(a, bool)
+                                                          for a in axes):
+            raise ModelFolderError(path, f"inference_allowed_mirroring_axes must be a list of axis indices, got "
+                                         f"{axes!r:.80}")
+        axes = tuple(int(a) for a in axes)
+    return weights, configuration, trainer_name, axes
 
 
 def find_folds(path: Path) -> list[str]:
@@ -233,13 +326,15 @@ def find_folds(path: Path) -> list[str]:
     return sorted(names, key=lambda n: (n == "all", int(n) if n.isdigit() else 0))
 
 
-def load_model_folder(path: str | Path, folds: list[str] | None = None) -> ModelFolder:
-    """Load and check an nnU-Net v2 model folder.
+def load_model_folder(path: str | Path, folds: list[str] | None = None, trust_model: bool = False) -> ModelFolder:
+    """Load and check an nnU-Net v2 model folder (as data: see :mod:`model.checkpoint_loading`).
 
     Args:
         path: the results folder holding ``plans.json``, ``dataset.json`` and ``fold_*/``.
         folds: fold names to use (``["0", "1"]``); default all numbered folds, else ``fold_all``
             (nnU-Net's auto-detection skips ``fold_all`` when numbered folds exist).
+        trust_model: unpickle the checkpoints without restriction (``--trust-model``); default: refuse
+            anything but weights and plain values.
 
     Raises:
         ModelFolderError: naming the file at fault.
@@ -254,6 +349,7 @@ def load_model_folder(path: str | Path, folds: list[str] | None = None) -> Model
     for key in ("channel_names", "labels"):
         if key not in dataset:
             raise ModelFolderError(path / "dataset.json", f"has no {key!r}")
+    check_dataset_json(dataset, path / "dataset.json")
 
     available = find_folds(path)
     if folds is None:
@@ -271,23 +367,17 @@ def load_model_folder(path: str | Path, folds: list[str] | None = None) -> Model
     mirror_axes: tuple[int, ...] = ()
     for name in folds:
         ckpt_path = path / f"fold_{name}" / CHECKPOINT_NAME
-        checkpoint = _load_checkpoint(ckpt_path)
-        try:
-            weights = checkpoint["network_weights"]
-            init_args = checkpoint["init_args"]
-        except (KeyError, TypeError):
-            raise ModelFolderError(ckpt_path, "not an nnU-Net v2 checkpoint (no network_weights/init_args)") from None
+        weights, fold_configuration, fold_trainer, axes = _checkpoint_fields(
+            load_checkpoint(ckpt_path, trust_model), ckpt_path)
         if not configuration_name:
-            configuration_name = init_args["configuration"]
-            trainer_name = checkpoint.get("trainer_name", "nnUNetTrainer")
-            axes = checkpoint.get("inference_allowed_mirroring_axes")
-            mirror_axes = tuple(int(a) for a in axes) if axes is not None else ()
-        elif init_args["configuration"] != configuration_name:
-            raise ModelFolderError(ckpt_path, f"configuration {init_args['configuration']!r} differs from fold 0's")
+            configuration_name, trainer_name = fold_configuration, fold_trainer
+            mirror_axes = axes if axes is not None else ()
+        elif fold_configuration != configuration_name:
+            raise ModelFolderError(ckpt_path, f"configuration {fold_configuration!r} differs from fold 0's")
         loaded.append(Fold(name=name, path=ckpt_path, weights=weights))
-        del checkpoint
 
     configuration = _parse_configuration(plans, configuration_name, path / "plans.json", len(dataset["channel_names"]))
+    check_plans_geometry(plans, configuration, mirror_axes, path / "plans.json")
     model = ModelFolder(
         path=path,
         plans=plans,
