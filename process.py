@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -31,9 +32,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from contract.errors import InputError, ModelFolderError, OutputError
-from contract.imageio import check_extent, read_image, read_scan, repair_intensities, write_image_atomic
+from contract.imageio import check_scan_geometry, read_image, read_scan, repair_intensities, write_image_atomic
 from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_dataset_cases, find_folder_case, is_dataset_root
 from contract.labels import MAX_LABEL
+from contract.output_state import (
+    Interrupted,
+    check_output_name,
+    check_output_not_in_input,
+    check_single_image_folder,
+    install_signal_handlers,
+)
 from preprocessing.orientation import labels_to_original_orientation, orientation_of, reorient
 
 log = logging.getLogger("process")
@@ -170,8 +178,9 @@ def registered_mr(mr_path: Path, ct: sitk.Image) -> sitk.Image | None:
 
     mr = read_image(mr_path, "T1 MR")
     try:
-        check_extent(mr, mr_path, "T1 MR")
-        mr = repair_intensities(mr, mr_path, "T1 MR")
+        check_scan_geometry(mr, mr_path, "T1 MR")
+        mr = repair_intensities(mr, mr_path, "T1 MR", repair=False)
+        check_not_a_ct(mr, mr_path)
     except InputError as err:
         log.warning("%s: predicting from the CT alone", err)
         return None
@@ -181,7 +190,26 @@ def registered_mr(mr_path: Path, ct: sitk.Image) -> sitk.Image | None:
                     mr_path, result.reason)
         return None
     log.info("MR registered to CT in %.1f s (%s)", result.seconds, _format_metrics(result.metrics))
-    return resample_mr_to_ct(mr, ct, result.ct_to_mr)
+    resampled = resample_mr_to_ct(mr, ct, result.ct_to_mr)
+    if not np.isfinite(sitk.GetArrayViewFromImage(resampled)).all():
+        log.warning("%s: T1 MR has NaN/inf values once resampled onto the CT: predicting from the CT alone", mr_path)
+        return None
+    return resampled
+
+
+MR_HU_AIR_THRESHOLD = -200.0
+MR_MAX_HU_AIR_FRACTION = 0.05
+"""An "MR" with more than this fraction of voxels below MR_HU_AIR_THRESHOLD has Hounsfield-unit air: it is a CT
+(MR intensities are not negative), and is dropped."""
+
+
+def check_not_a_ct(mr: sitk.Image, path: Path) -> None:
+    """Refuse (InputError) an MR whose histogram is a CT's: air at about -1000 HU."""
+    values = sitk.GetArrayViewFromImage(mr)
+    fraction = float(np.count_nonzero(values < MR_HU_AIR_THRESHOLD)) / values.size
+    if fraction > MR_MAX_HU_AIR_FRACTION:
+        raise InputError(path, f"T1 MR looks like a CT ({fraction:.0%} of its voxels are below "
+                               f"{MR_HU_AIR_THRESHOLD:g}, Hounsfield-unit air)")
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
@@ -200,10 +228,17 @@ def to_label_image(labels: np.ndarray, ct: sitk.Image) -> sitk.Image:
 
 
 def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions) -> None:  # noqa: ANN001
-    """Segment one case and write its label map atomically to ``output_path``."""
+    """Segment one case and write its label map atomically to ``output_path``.
+
+    A previous file at ``output_path`` is removed first (a failed run leaves no stale result), the output name
+    is checked before inference, the network input is checked finite, and a map with no or few OARs is
+    logged as a warning (:func:`warn_if_few_oars`).
+    """
     start = time.perf_counter()
     log.info("case %s: CT %s, MR %s", case.case_id, case.ct_path, case.mr_path or "none")
+    prepare_output(output_path)
     ct = read_scan(case.ct_path, "CT")
+    check_model_grid(ct, case.ct_path, predictor.model)
     oriented = ct
     if options.reorient:
         oriented = reorient(ct, predictor.model.orientation)
@@ -212,6 +247,8 @@ def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions
                      orientation_of(ct), predictor.model.orientation)
     channels = prepare_channels(case, oriented, predictor.model.mr_channel, predictor.model.num_input_channels)
     preprocessed = predictor.preprocess(channel_arrays(channels), oriented.GetSpacing())
+    if not torch_all_finite(preprocessed.data):
+        raise InputError(case.ct_path, "the network input is not finite after preprocessing (NaN/inf)")
     mr_on_ct = channels[1] if options.qa_dir is not None and len(channels) > 1 else None
     del channels  # the registered MR (0.8 GB on a HaN-Seg CT) is not needed for the ensemble and export
     labels = predictor.predict_preprocessed(preprocessed)
@@ -223,6 +260,58 @@ def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions
     n_oars = int((np.bincount(labels.ravel(), minlength=MAX_LABEL + 1)[1:] > 0).sum())
     log.info("case %s done in %.1f s: %d OARs labelled -> %s", case.case_id, time.perf_counter() - start, n_oars,
              output_path)
+    warn_if_few_oars(case, n_oars, predictor.model.num_classes - 1)
+
+
+MIN_OAR_FRACTION = 0.25
+"""A map labelling fewer than this fraction of the model's OARs gets a warning (exit code unchanged)."""
+
+
+def warn_if_few_oars(case: CaseInputs, n_oars: int, model_oars: int) -> bool:
+    """Log a warning naming the likely causes when the map has no OAR or far fewer than the model's count.
+
+    Decision (README "Empty or sparse maps"): the map is still written and the exit code stays 0; an empty map is
+    a valid answer for a scan that does not show the head and neck, and the warning is what a reviewer sees.
+    Returns True if it warned."""
+    if n_oars >= max(1, MIN_OAR_FRACTION * model_oars):
+        return False
+    log.warning("case %s: only %d of the model's %d OARs labelled%s; likely causes: the CT does not cover the head "
+                "and neck, is not in Hounsfield units, or is noise / a phantom; check the map before use",
+                case.case_id, n_oars, model_oars, " (empty map)" if n_oars == 0 else "")
+    return True
+
+
+def torch_all_finite(tensor) -> bool:  # noqa: ANN001 - a torch.Tensor; torch is imported lazily
+    import torch
+
+    return bool(torch.isfinite(tensor).all())
+
+
+def check_model_grid(ct: sitk.Image, path: Path, model) -> None:  # noqa: ANN001 - model.model_folder.ModelFolder
+    """Refuse, before resampling, a CT whose model-grid working set exceeds ``MAX_MODEL_GRID_GIB``."""
+    from preprocessing.preprocess import MAX_MODEL_GRID_GIB, model_grid_gib, model_grid_shape
+
+    shape = model_grid_shape(sitk.GetArrayViewFromImage(ct).shape, ct.GetSpacing(), model)
+    gib = model_grid_gib(shape, model)
+    if gib > MAX_MODEL_GRID_GIB:
+        raise InputError(path, f"on the model's grid (spacing {model.configuration.spacing} mm) this CT would be "
+                               f"{' x '.join(map(str, shape))} voxels, about {gib:.1f} GiB; at most "
+                               f"{MAX_MODEL_GRID_GIB:g} GiB")
+
+
+def prepare_output(output_path: Path) -> None:
+    """Before inference: the output name fits the file system and the folder is writable; a previous result of
+    the same name and stale ``.partial`` files of an interrupted run (SIGKILL) are removed."""
+    from contract.output_state import check_output_name, remove_stale_partials
+
+    check_output_name(output_path)
+    remove_stale_partials(output_path.parent)
+    if output_path.is_file() or output_path.is_symlink():
+        log.info("removing the previous result %s", output_path)
+        try:
+            output_path.unlink()
+        except OSError as err:
+            raise OutputError(output_path, f"cannot remove the previous result ({err.strerror or err})") from None
 
 
 def write_case_qa(case: CaseInputs, ct: sitk.Image, labels: sitk.Image, mr_on_ct: sitk.Image | None,
@@ -263,10 +352,13 @@ def run(input_root: Path, output_root: Path, options: RunOptions) -> int:
     """Process the input root in folder or dataset mode. Returns the exit code."""
     if not input_root.is_dir():
         raise InputError(input_root, "input folder does not exist")
+    check_output_not_in_input(input_root, output_root)
     if is_dataset_root(input_root):
         return run_dataset(input_root, output_root, options)
     case = find_folder_case(input_root)
     output_path = output_root / OUTPUT_FOLDER / f"{case.case_id}.mha"
+    check_output_name(output_path)
+    check_single_image_folder(output_path.parent, output_path.name)
     run_case(case, output_path, build_predictor(options), options)
     return EXIT_OK
 
@@ -297,6 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_signal_handlers()
+    for name in ("HANSEG_INPUT_DIR", "HANSEG_OUTPUT_DIR", "HANSEG_MODEL_DIR"):
+        if name in os.environ and not os.environ[name].strip():
+            print(f"error: {name} is set but empty (unset it for the default, or name a folder)", file=sys.stderr)
+            return EXIT_INPUT
     input_root = args.input or Path(os.environ.get("HANSEG_INPUT_DIR", "/input"))
     output_root = args.output or Path(os.environ.get("HANSEG_OUTPUT_DIR", "/output"))
     options = RunOptions(
@@ -327,6 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:  # a usage error, e.g. --device cuda on a machine without CUDA
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INPUT
+    except (Interrupted, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        print(f"error: interrupted by {signal.Signals(signum).name}; no partial output left", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

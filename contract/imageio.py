@@ -6,15 +6,18 @@ indexed (z, y, x). Spacing and origin are in millimetres, in SimpleITK's (x, y, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from contract.errors import InputError, OutputError
+from contract.output_state import PARTIAL_MARK, PARTIAL_PREFIX, file_mode
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,34 @@ MIN_EXTENT_MM = 20.0
 """Smallest physical extent (size x spacing) accepted on any axis: a head-and-neck image is far larger."""
 
 MAX_NONFINITE_FRACTION = 0.01
-"""Up to this fraction of NaN/inf voxels is repaired (set to the image minimum) with a warning; more is refused."""
+"""Up to this fraction of NaN/inf voxels is repaired (set to the image minimum) with a warning; more is refused.
+Only for the CT: an MR with any non-finite voxel is dropped (the case is predicted from the CT alone)."""
+
+MAX_IMAGE_VOXELS = 2**29
+"""Largest image accepted, checked from the header before any pixel is read: 536,870,912 voxels (1024 x 1024 x
+512; a HaN-Seg CT is 1024 x 1024 x ~300). A small compressed file can claim far more (a "bomb")."""
+
+MIN_VOXELS_PER_AXIS = 5
+"""Fewest voxels a CT or MR may have along any axis (a 2-slice or 3 x 3 x 3 "scan" is not a planning image)."""
+
+DIRECTION_TOLERANCE = 1e-3
+"""Largest deviation of direction^T x direction from the identity: the axes must be orthonormal."""
+
+CT_PIXEL_TYPES = {
+    sitk.sitkInt16: "int16", sitk.sitkInt32: "int32", sitk.sitkInt64: "int64",
+    sitk.sitkFloat32: "float32", sitk.sitkFloat64: "float64",
+}
+"""Pixel types that hold Hounsfield units (-1024 .. 3071) as stored. 8-bit and unsigned types do not: a CT
+stored in one must carry a rescale to HU in its header (NIfTI scl_slope/scl_inter, which ITK applies and
+returns as float)."""
+
+COMPLEX_PIXEL_TYPES = frozenset({sitk.sitkComplexFloat32, sitk.sitkComplexFloat64})
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+_IMAGE_IO = {".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".nrrd": "NrrdImageIO", ".nii.gz": "NiftiImageIO",
+             ".nii": "NiftiImageIO", ".tif": "TIFFImageIO", ".tiff": "TIFFImageIO"}
+"""The one ITK reader each extension is read with: the format follows the name, never the content's guess."""
 
 
 def image_extension(path: str | Path) -> str | None:
@@ -50,40 +80,101 @@ def image_stem(path: str | Path) -> str:
 def read_image(path: str | Path, role: str = "image") -> sitk.Image:
     """Read a 3-D scalar image and check it is usable.
 
+    The header is read first (:func:`check_header`: dimension, components, pixel type, voxel count) and the
+    pixels only if it passes. The ITK reader is chosen by the extension, matched case-insensitively.
+
     Args:
         path: the image file.
         role: what the image is ("CT", "MR"), used in messages.
 
     Returns:
-        The image as read, as a float32 (MR) or its stored pixel type.
+        The image as read, in its stored pixel type.
 
     Raises:
-        InputError: naming ``path``, if the file is missing, of an unsupported type, unreadable, not 3-D,
-            not scalar (vector/RGB), has a non-positive or absurd spacing, or has no finite voxel.
+        InputError: naming ``path``, if the file is missing, of an unsupported type, unreadable, too large,
+            not 3-D, not scalar (vector/RGB/complex), has a non-positive or absurd spacing or a direction
+            matrix whose axes are not orthonormal.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, f"{role} file does not exist")
-    if image_extension(path) is None:
+    ext = image_extension(path)
+    if ext is None:
         raise InputError(
             path, f"unsupported {role} file type; expected one of {', '.join(SUPPORTED_EXTENSIONS)}"
         )
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        detail = str(err).strip().splitlines()
-        reason = next((line for line in reversed(detail) if line.strip()), "unknown reader error")
-        raise InputError(path, f"cannot read {role} image ({reason.strip()[:200]})") from None
+    with _reader_path(path, ext) as readable:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(readable))
+        reader.SetImageIO(_IMAGE_IO[ext])
+        try:
+            reader.ReadImageInformation()
+            check_header(reader, path, role)
+            image = reader.Execute()
+        except RuntimeError as err:
+            detail = str(err).strip().splitlines()
+            reason = next((line for line in reversed(detail) if line.strip()), "unknown reader error")
+            raise InputError(path, f"cannot read {role} image ({reason.strip()[:200]})") from None
     check_image(image, path, role)
     return image
 
 
+@contextlib.contextmanager
+def _reader_path(path: Path, ext: str) -> Iterator[Path]:
+    """A path ITK's reader accepts for ``path``. NIfTI's library refuses a mixed-case extension (``ct.Nii.gz``):
+    such a file is read through a lower-case symlink in a private temporary folder."""
+    if _IMAGE_IO[ext] != "NiftiImageIO" or path.name.endswith(ext):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="hanseg-read-") as tmp:
+        link = Path(tmp) / f"image{ext}"
+        link.symlink_to(path.resolve())
+        yield link
+
+
+def check_header(reader: sitk.ImageFileReader, path: str | Path, role: str = "image") -> None:
+    """Refuse, from the header alone, an image that is not 3-D scalar real-valued or has too many voxels."""
+    size = reader.GetSize()
+    if len(size) != 3:
+        raise InputError(path, f"{role} must be a 3-D image, got {len(size)}-D size {size}")
+    if reader.GetPixelID() in COMPLEX_PIXEL_TYPES or "complex" in sitk.GetPixelIDValueAsString(reader.GetPixelID()):
+        raise InputError(path, f"{role} has complex voxels; a real-valued scalar image is needed")
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(path, f"{role} must have one value per voxel, got {reader.GetNumberOfComponents()} "
+                               "(vector or RGB image)")
+    voxels = int(np.prod(size, dtype=np.int64))
+    if voxels > MAX_IMAGE_VOXELS:
+        raise InputError(path, f"{role} header claims {size[0]} x {size[1]} x {size[2]} = {voxels:,} voxels; at most "
+                               f"{MAX_IMAGE_VOXELS:,} are read")
+
+
 def read_scan(path: str | Path, role: str) -> sitk.Image:
-    """Read a patient scan given to the algorithm (CT or MR): :func:`read_image`, plus a minimum physical
-    extent and usable intensities (see :func:`check_extent`, :func:`repair_intensities`)."""
+    """Read a patient scan given to the algorithm (CT or MR): :func:`read_image`, plus a plausible geometry
+    (:func:`check_extent`, :func:`check_scan_geometry`), for a CT a pixel type that holds HU
+    (:func:`check_ct_pixel_type`), and usable intensities (:func:`repair_intensities`)."""
     image = read_image(path, role)
-    check_extent(image, path, role)
+    check_scan_geometry(image, path, role)
+    if role == "CT":
+        check_ct_pixel_type(image, path)
     return repair_intensities(image, path, role)
+
+
+def check_scan_geometry(image: sitk.Image, path: str | Path, role: str) -> None:
+    """At least ``MIN_VOXELS_PER_AXIS`` voxels and ``MIN_EXTENT_MM`` per axis, and a TIFF's spacing stated."""
+    check_extent(image, path, role)
+    if min(image.GetSize()) < MIN_VOXELS_PER_AXIS:
+        raise InputError(path, f"{role} has only {image.GetSize()} voxels (x, y, z); at least {MIN_VOXELS_PER_AXIS} "
+                               "per axis")
+    if image_extension(path) in (".tif", ".tiff") and image.GetSpacing() == (1.0, 1.0, 1.0):
+        raise InputError(path, f"{role} is a TIFF without a stated voxel spacing (the reader's default 1 x 1 x 1 "
+                               "mm); convert it to .mha / .nrrd / .nii.gz with its real spacing")
+
+
+def check_ct_pixel_type(image: sitk.Image, path: str | Path) -> None:
+    """Refuse a CT whose pixel type cannot hold Hounsfield units (see :data:`CT_PIXEL_TYPES`)."""
+    if image.GetPixelID() not in CT_PIXEL_TYPES:
+        raise InputError(path, f"CT pixel type {image.GetPixelIDTypeAsString()} cannot hold Hounsfield units "
+                               "(-1024 .. 3071) and the header gives no rescale to HU; store it as int16 or float")
 
 
 def check_image(image: sitk.Image, path: str | Path, role: str = "image") -> None:
@@ -104,8 +195,9 @@ def check_image(image: sitk.Image, path: str | Path, role: str = "image") -> Non
             path, f"{role} has an invalid voxel spacing {tuple(spacing)} mm (expected 0 < spacing <= {MAX_SPACING_MM})"
         )
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    if not np.isfinite(direction).all() or abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
-        raise InputError(path, f"{role} has a degenerate direction matrix {tuple(direction.ravel())}")
+    if not np.isfinite(direction).all() or np.abs(direction.T @ direction - np.eye(3)).max() > DIRECTION_TOLERANCE:
+        values = tuple(round(float(v), 4) for v in direction.ravel())
+        raise InputError(path, f"{role} has a direction matrix whose axes are not orthonormal {values}")
 
 
 def write_image_atomic(image: sitk.Image, path: str | Path, compress: bool = True) -> None:
@@ -122,14 +214,15 @@ def write_image_atomic(image: sitk.Image, path: str | Path, compress: bool = Tru
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(path.parent, f"cannot create output folder ({err.strerror or err})") from None
-    suffix = "".join(path.suffixes) or ".mha"
+    suffix = image_extension(path) or ".mha"
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=f"{PARTIAL_MARK}{suffix}", dir=path.parent)
     except OSError as err:
         raise OutputError(path.parent, f"output folder is not writable ({err.strerror or err})") from None
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp_name, useCompression=compress)
+        os.chmod(tmp_name, file_mode())  # mkstemp's 0600 would hide the map from other users
         with open(tmp_name, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_name, path)
@@ -137,6 +230,9 @@ def write_image_atomic(image: sitk.Image, path: str | Path, compress: bool = Tru
         Path(tmp_name).unlink(missing_ok=True)
         message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise OutputError(path, f"cannot write output image ({message[:200]})") from None
+    except BaseException:  # SIGTERM/SIGINT (contract.output_state.Interrupted), KeyboardInterrupt
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
     log.info("wrote %s", path)
 
 
@@ -148,11 +244,13 @@ def check_extent(image: sitk.Image, path: str | Path, role: str = "image") -> No
         raise InputError(path, f"{role} covers only {covered} mm (x, y, z); at least {MIN_EXTENT_MM} mm per axis")
 
 
-def repair_intensities(image: sitk.Image, path: str | Path, role: str = "image") -> sitk.Image:
+def repair_intensities(image: sitk.Image, path: str | Path, role: str = "image", repair: bool = True) -> sitk.Image:
     """Refuse images without usable intensities; repair a few non-finite voxels.
 
-    NaN/inf voxels (float images only) are replaced by the smallest finite value (air, for a CT) with a warning
-    if they are at most ``MAX_NONFINITE_FRACTION`` of the image. A constant image carries no anatomy.
+    Non-finite voxels (float images only) are NaN, inf, and values beyond the float32 range (they become inf in
+    the float32 network input). With ``repair`` they are replaced by the smallest finite value (air, for a CT)
+    with a warning if they are at most ``MAX_NONFINITE_FRACTION`` of the image; without it any is refused.
+    A constant image carries no anatomy.
 
     Raises:
         InputError: naming ``path`` if too many voxels are non-finite or the image is constant.
@@ -160,9 +258,14 @@ def repair_intensities(image: sitk.Image, path: str | Path, role: str = "image")
     values = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(values.dtype, np.floating):
         finite = np.isfinite(values)
+        if values.dtype.itemsize > 4:
+            finite &= np.abs(values) <= FLOAT32_MAX
         n_bad = int(values.size - np.count_nonzero(finite))
         if n_bad:
             fraction = n_bad / values.size
+            if not repair:
+                raise InputError(path, f"{role} has {n_bad} NaN, inf or out-of-float32-range voxels "
+                                       f"({fraction:.3%} of the image)")
             if fraction > MAX_NONFINITE_FRACTION or n_bad == values.size:
                 raise InputError(path, f"{role} has {n_bad} NaN/inf voxels ({fraction:.1%} of the image)")
             fill = float(values[finite].min())

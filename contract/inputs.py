@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.boundary import check_input_file, resolve_inside
 from contract.errors import InputError
 from contract.imageio import SUPPORTED_EXTENSIONS, image_extension, image_stem
 
@@ -36,11 +37,38 @@ class CaseInputs:
     mr_path: Path | None
 
 
+MAX_INPUTS_JSON_BYTES = 1 * 2**20
+"""Largest ``inputs.json`` read (the platform's is a few hundred bytes)."""
+DICOM_MAGIC_OFFSET = 128
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` (not hidden), sorted; an unlistable folder is an input error."""
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as err:
+        raise InputError(folder, f"cannot list folder ({err.strerror or err})") from None
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Supported image files directly inside ``folder`` (hidden files and ``.raw`` companions skipped)."""
+    """Entries directly inside ``folder`` with a supported image extension (any case), hidden files and ``.raw``
+    companions skipped. Entries that are not regular files (a FIFO, a dangling link) are listed too, so that
+    :func:`contract.boundary.check_input_file` refuses them by name rather than reporting "no image"."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_extension(p))
+    return [p for p in _entries(folder) if not p.is_dir() and image_extension(p)]
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """A regular file with the DICOM preamble's ``DICM`` marker at byte 128, or a ``.dcm`` name."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(DICOM_MAGIC_OFFSET)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _single_image(folder: Path, role: str, required: bool) -> Path | None:
@@ -50,11 +78,20 @@ def _single_image(folder: Path, role: str, required: bool) -> Path | None:
         raise InputError(folder, f"expected exactly one {role} image, found {len(images)}: {names}")
     if images:
         return images[0]
+    others = [p for p in _entries(folder) if p.is_file()] if folder.is_dir() else []
+    dicom = [p for p in others if _looks_like_dicom(p)]
+    if dicom:
+        message = (f"holds {len(dicom)} DICOM file(s) ({dicom[0].name}, ...), which this reader does not take; "
+                   f"convert the {role} series to one image file ({', '.join(SUPPORTED_EXTENSIONS)})")
+        if required:
+            raise InputError(folder, message)
+        log.warning("%s: %s: predicting without it", folder, message)
+        return None
     if required:
         if not folder.is_dir():
             raise InputError(folder, f"{role} folder does not exist")
-        others = [p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-        detail = f" (unsupported files: {', '.join(others[:5])})" if others else " (folder is empty)"
+        names = [p.name for p in others]
+        detail = f" (unsupported files: {', '.join(names[:5])})" if names else " (folder is empty)"
         raise InputError(
             folder, f"no {role} image found{detail}; expected one of {', '.join(SUPPORTED_EXTENSIONS)}"
         )
@@ -62,29 +99,54 @@ def _single_image(folder: Path, role: str, required: bool) -> Path | None:
 
 
 def _folders_from_inputs_json(root: Path) -> tuple[Path, Path] | None:
-    """CT and MR folders named by ``ROOT/inputs.json``, or None if it is absent or unusable."""
+    """CT and MR folders named by ``ROOT/inputs.json``, or None if there is none.
+
+    Schema (the platform's socket values): a list of objects; an object's ``interface`` is an object whose
+    ``slug`` is a string and whose ``relative_path`` (or the entry's own) is a relative path string with no
+    ``..``, resolving inside ``root``. Entries for other sockets are ignored.
+
+    Raises:
+        InputError: naming ``inputs.json`` for anything that does not fit the schema.
+    """
     path = root / "inputs.json"
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
+        if path.stat().st_size > MAX_INPUTS_JSON_BYTES:
+            raise InputError(path, f"larger than {MAX_INPUTS_JSON_BYTES // 2**20} MB")
         entries = json.loads(path.read_text())
+    except RecursionError:
+        raise InputError(path, "JSON nested too deeply") from None
     except (OSError, ValueError) as err:
-        log.warning("%s: cannot parse (%s); using the folder layout", path, err)
-        return None
-    ct_folder, mr_folder = root / CT_FOLDER, root / MR_FOLDER
+        raise InputError(path, f"cannot parse ({getattr(err, 'strerror', None) or err})") from None
     if not isinstance(entries, list):
-        log.warning("%s: expected a list of socket values; using the folder layout", path)
-        return None
-    for entry in entries:
-        interface = entry.get("interface", {}) if isinstance(entry, dict) else {}
-        slug = str(interface.get("slug", ""))
-        relative = interface.get("relative_path") or entry.get("relative_path")
-        if not relative:
+        raise InputError(path, f"expected a list of socket values, got {type(entries).__name__}")
+    ct_folder, mr_folder = root / CT_FOLDER, root / MR_FOLDER
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise InputError(path, f"entry {i} is {type(entry).__name__}, expected an object")
+        interface = entry.get("interface", {})
+        if not isinstance(interface, dict):
+            raise InputError(path, f"entry {i}: interface is {type(interface).__name__}, expected an object")
+        slug = interface.get("slug", "")
+        relative = interface.get("relative_path", entry.get("relative_path"))
+        if not isinstance(slug, str):
+            raise InputError(path, f"entry {i}: slug is {type(slug).__name__}, expected a string")
+        if relative is None:
             continue
-        if slug in CT_SLUGS or Path(relative) == CT_FOLDER:
-            ct_folder = root / relative
-        elif slug in MR_SLUGS or Path(relative) == MR_FOLDER:
-            mr_folder = root / relative
+        if not isinstance(relative, str) or not relative:
+            raise InputError(path, f"entry {i}: relative_path must be a non-empty string, got {relative!r:.60}")
+        relative_path = Path(relative)
+        if relative_path.is_absolute() or ".." in relative_path.parts:
+            raise InputError(path, f"entry {i}: relative_path {relative!r:.80} must stay inside the input folder")
+        if slug in CT_SLUGS or relative_path == CT_FOLDER:
+            ct_folder = root / relative_path
+        elif slug in MR_SLUGS or relative_path == MR_FOLDER:
+            mr_folder = root / relative_path
+        else:
+            continue
+        if (root / relative_path).exists():
+            resolve_inside(root / relative_path, root, f"inputs.json entry {i} folder")
     log.info("inputs.json: CT from %s, MR from %s", ct_folder, mr_folder)
     return ct_folder, mr_folder
 
@@ -96,9 +158,15 @@ def find_folder_case(root: Path) -> CaseInputs:
         InputError: no CT, two CTs, or two MRs.
     """
     folders = _folders_from_inputs_json(root) or (root / CT_FOLDER, root / MR_FOLDER)
+    for folder, role in zip(folders, ("CT", "T1 MR")):
+        if folder.exists():
+            resolve_inside(folder, root, f"{role} folder")
     ct = _single_image(folders[0], "CT", required=True)
     assert ct is not None
     mr = _single_image(folders[1], "T1 MR", required=False)
+    check_input_file(ct, root, "CT")
+    if mr is not None:
+        check_input_file(mr, root, "T1 MR")
     return CaseInputs(case_id=image_stem(ct), ct_path=ct, mr_path=mr)
 
 
@@ -115,7 +183,7 @@ def is_dataset_root(root: Path) -> bool:
         return False
     return any(
         p.is_dir() and any(image_stem(f).endswith(DATASET_CT_SUFFIX) for f in list_images(p))
-        for p in root.iterdir()
+        for p in _entries(root)
     ) if root.is_dir() else False
 
 
@@ -127,14 +195,18 @@ def find_dataset_cases(root: Path) -> tuple[list[CaseInputs], list[tuple[Path, I
     """
     cases: list[CaseInputs] = []
     problems: list[tuple[Path, InputError]] = []
-    for case_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for case_dir in (p for p in _entries(root) if p.is_dir()):
         try:
+            resolve_inside(case_dir, root, "case folder")
             ct = _dataset_image(case_dir, DATASET_CT_SUFFIX)
             if ct is None:
                 if list_images(case_dir):
                     raise InputError(case_dir, f"no *{DATASET_CT_SUFFIX} image in the case folder")
                 continue
             mr = _dataset_image(case_dir, DATASET_MR_SUFFIX)
+            check_input_file(ct, root, "CT")
+            if mr is not None:
+                check_input_file(mr, root, "T1 MR")
         except InputError as err:
             problems.append((case_dir, err))
             continue

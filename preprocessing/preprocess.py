@@ -40,6 +40,30 @@ class PreprocessedCase:
     transpose_backward: tuple[int, ...]
 
 
+MAX_MODEL_GRID_GIB = 12.0
+"""Largest working set accepted on the model grid (float32 input channels + fp16 logits per class), checked
+from the CT's header geometry before anything is resampled."""
+
+
+def model_grid_shape(shape_zyx: Sequence[int], spacing_xyz: Sequence[float], model: ModelFolder) -> tuple[int, ...]:
+    """Shape of a whole image of ``shape_zyx`` (numpy z, y, x) at ``spacing_xyz`` (mm, SimpleITK x, y, z) once
+    transposed and resampled to the model's spacing: an upper bound on the preprocessed case (cropping only
+    shrinks it)."""
+    transpose = list(model.transpose_forward)
+    shape = tuple(int(shape_zyx[t]) for t in transpose)
+    spacing_zyx = list(spacing_xyz)[::-1]
+    original = tuple(float(spacing_zyx[t]) for t in transpose)
+    config = model.configuration
+    target = config.spacing if not config.is_2d else (original[0], *config.spacing)
+    return tuple(int(n) for n in compute_new_shape(shape, original, target))
+
+
+def model_grid_gib(grid_shape: Sequence[int], model: ModelFolder) -> float:
+    """GiB of the network input (float32 per channel) plus summed logits (fp16 per class) on ``grid_shape``."""
+    voxels = float(np.prod(grid_shape, dtype=np.float64))
+    return voxels * (4 * model.num_input_channels + 2 * model.num_classes) / 2**30
+
+
 def preprocess_case(
     channels: Sequence[np.ndarray], spacing_xyz: Sequence[float], model: ModelFolder
 ) -> PreprocessedCase:

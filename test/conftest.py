@@ -67,3 +67,11 @@ def random_ct_and_t1(shape_zyx: tuple[int, int, int], seed: int = 0) -> list[np.
     """A random CT in HU and a T1 in [0, 1), numpy (z, y, x), on the same grid (model input channels)."""
     rng = np.random.default_rng(seed)
     return [rng.integers(-1000, 1000, shape_zyx).astype(np.float32), rng.random(shape_zyx, np.float32)]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, one_thread: None):
+    """``cli(*args, env=...)``: process.main in this process (test.run_inprocess), returning exit code + stderr."""
+    from test.run_inprocess import run_main
+
+    return lambda *args, env=None: run_main(capsys, caplog, *args, env=env)

@@ -89,7 +89,7 @@ def test_the_same_checkpoint_does_run_its_payload_under_trust_model(one_fold_mod
     assert marker.read_text() == "pwned"
 
 
-def test_hub_load_through_attribute_walking_is_refused(one_fold_model, real_ct, tmp_path):
+def test_hub_load_through_attribute_walking_is_refused(one_fold_model, real_ct, tmp_path, cli):
     """``torch.nn.modules.module.torch.hub.load`` passed the old prefix test; with ``source: local`` it would run
     the model folder's hubconf.py."""
     marker = tmp_path / "marker"
@@ -104,7 +104,7 @@ def test_hub_load_through_attribute_walking_is_refused(one_fold_model, real_ct, 
 
     _edit_json(folder, "plans.json", edit)
     root = make_case(tmp_path / "in", real_ct[:, :, 60:70], with_mr=False)
-    result = run_process("--input", root, "--output", tmp_path / "out", "--model", folder)
+    result = cli("--input", root, "--output", tmp_path / "out", "--model", folder)
     assert result.returncode == 4, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert "refusing class 'torch.nn.modules.module.torch.hub.load'" in last and "plans.json" in last, last
@@ -246,11 +246,11 @@ def test_deeply_nested_json_is_a_model_error(one_fold_model, tmp_path, name):
         load_model_folder(folder)
 
 
-def test_bad_plans_is_exit_4_with_one_line(one_fold_model, real_ct, tmp_path):
+def test_bad_plans_is_exit_4_with_one_line(one_fold_model, real_ct, tmp_path, cli):
     folder = _edit_json(_copy(one_fold_model, tmp_path / "m"), "plans.json",
                         lambda p: _config(p).update(patch_size=[0, 48, 48]))
     root = make_case(tmp_path / "in", real_ct[:, :, 60:70], with_mr=False)
-    result = run_process("--input", root, "--output", tmp_path / "out", "--model", folder)
+    result = cli("--input", root, "--output", tmp_path / "out", "--model", folder)
     assert result.returncode == 4, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "patch size" in result.stderr.strip().splitlines()[-1]
