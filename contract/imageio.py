@@ -38,7 +38,7 @@ MAX_IMAGE_VOXELS = 2**29
 """Largest image accepted, checked from the header before any pixel is read: 536,870,912 voxels (1024 x 1024 x
 512; a HaN-Seg CT is 1024 x 1024 x ~300). A small compressed file can claim far more (a "bomb")."""
 
-MIN_VOXELS_PER_AXIS = 5
+MIN_VOXELS_PER_AXIS = 4
 """Fewest voxels a CT or MR may have along any axis (a 2-slice or 3 x 3 x 3 "scan" is not a planning image)."""
 
 DIRECTION_TOLERANCE = 1e-3
@@ -141,7 +141,7 @@ def check_header(reader: sitk.ImageFileReader, path: str | Path, role: str = "im
         raise InputError(path, f"{role} has complex voxels; a real-valued scalar image is needed")
     if reader.GetNumberOfComponents() != 1:
         raise InputError(path, f"{role} must have one value per voxel, got {reader.GetNumberOfComponents()} "
-                               "(vector or RGB image)")
+                               "(a vector or RGB image, or complex)")
     voxels = int(np.prod(size, dtype=np.int64))
     if voxels > MAX_IMAGE_VOXELS:
         raise InputError(path, f"{role} header claims {size[0]} x {size[1]} x {size[2]} = {voxels:,} voxels; at most "
@@ -161,19 +161,20 @@ def read_scan(path: str | Path, role: str) -> sitk.Image:
 
 def check_scan_geometry(image: sitk.Image, path: str | Path, role: str) -> None:
     """At least ``MIN_VOXELS_PER_AXIS`` voxels and ``MIN_EXTENT_MM`` per axis, and a TIFF's spacing stated."""
+    if image_extension(path) in (".tif", ".tiff") and np.allclose(image.GetSpacing(), 1.0, rtol=0, atol=1e-6):
+        raise InputError(path, f"{role} is a TIFF without a stated voxel spacing (the reader's default 1 x 1 x 1 "
+                               "mm); convert it to .mha / .nrrd / .nii.gz with its real spacing")
     check_extent(image, path, role)
     if min(image.GetSize()) < MIN_VOXELS_PER_AXIS:
         raise InputError(path, f"{role} has only {image.GetSize()} voxels (x, y, z); at least {MIN_VOXELS_PER_AXIS} "
                                "per axis")
-    if image_extension(path) in (".tif", ".tiff") and image.GetSpacing() == (1.0, 1.0, 1.0):
-        raise InputError(path, f"{role} is a TIFF without a stated voxel spacing (the reader's default 1 x 1 x 1 "
-                               "mm); convert it to .mha / .nrrd / .nii.gz with its real spacing")
 
 
 def check_ct_pixel_type(image: sitk.Image, path: str | Path) -> None:
     """Refuse a CT whose pixel type cannot hold Hounsfield units (see :data:`CT_PIXEL_TYPES`)."""
     if image.GetPixelID() not in CT_PIXEL_TYPES:
-        raise InputError(path, f"CT pixel type {image.GetPixelIDTypeAsString()} cannot hold Hounsfield units "
+        dtype = sitk.GetArrayViewFromImage(image).dtype.name
+        raise InputError(path, f"CT pixel type {dtype} cannot hold Hounsfield units "
                                "(-1024 .. 3071) and the header gives no rescale to HU; store it as int16 or float")
 
 

@@ -79,11 +79,13 @@ def test_inputs_json_names_the_folders(tmp_path):
     assert case.ct_path.name == "uuid-1.mha" and case.mr_path.name == "uuid-2.mha" and case.case_id == "uuid-1"
 
 
-def test_broken_inputs_json_falls_back_to_the_folder_layout(tmp_path):
+def test_broken_inputs_json_is_an_input_error(tmp_path):
+    """Issue 13: inputs.json is checked against its schema; a broken one is an input error (it used to be
+    ignored in favour of the folder layout)."""
     _volume(tmp_path / "images" / "ct" / "a.mha")
     (tmp_path / "inputs.json").write_text("{not json")
-    case = find_folder_case(tmp_path)
-    assert case.ct_path.name == "a.mha" and case.mr_path is None
+    with pytest.raises(InputError, match="inputs.json: cannot parse"):
+        find_folder_case(tmp_path)
 
 
 def test_two_mrs_are_refused(tmp_path):
