@@ -195,6 +195,29 @@ except ImportError:  # imported from the repository
 AVAILABILITY_FILE = "label_availability.json"
 
 
+def read_availability_masks(path: str, labels: dict[str, int]) -> dict[str, np.ndarray]:
+    """Per case, a bool mask over label values (True: annotated; background always) from a
+    ``label_availability.json`` (``training.label_availability``; plain JSON, read here without importing it).
+
+    Raises:
+        RuntimeError: naming the file, if its format or label table does not match the dataset's ``labels``.
+    """
+    import json
+
+    with open(path) as f:
+        record = json.load(f)
+    if record.get("format") != 1 or record.get("labels") != labels:
+        raise RuntimeError(f"{path}: format or labels do not match dataset.json ({labels})")
+    n_labels = max(labels.values()) + 1
+    out = {}
+    for case, names in record["cases"].items():
+        mask = np.zeros(n_labels, dtype=bool)
+        mask[0] = True
+        mask[[labels[n] for n in names]] = True
+        out[case] = mask
+    return out
+
+
 def left_right_patch_axes(transpose_forward: list[int], patch_ndim: int) -> tuple[int, ...]:
     """The patch axis that runs patient left-right, for nnU-Net's mirroring (training and inference).
 
@@ -233,29 +256,16 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
         self.annotated_by_case = self._read_availability()
 
     def _read_availability(self) -> dict[str, np.ndarray]:
-        import json
-
         from nnunetv2.paths import nnUNet_raw
 
         candidates = [os.path.join(self.preprocessed_dataset_folder_base, AVAILABILITY_FILE)]
         if nnUNet_raw:
             candidates.append(os.path.join(nnUNet_raw, self.plans_manager.dataset_name, AVAILABILITY_FILE))
         path = next((p for p in candidates if os.path.isfile(p)), None)
-        labels = self.dataset_json["labels"]
         if path is None:
             self.print_to_log_file(f"no {AVAILABILITY_FILE} ({candidates}): every case counts as fully annotated")
             return {}
-        with open(path) as f:
-            record = json.load(f)
-        if record.get("format") != 1 or record.get("labels") != labels:
-            raise RuntimeError(f"{path}: format or labels do not match dataset.json ({labels})")
-        n_labels = max(labels.values()) + 1
-        out = {}
-        for case, names in record["cases"].items():
-            mask = np.zeros(n_labels, dtype=bool)
-            mask[0] = True
-            mask[[labels[n] for n in names]] = True
-            out[case] = mask
+        out = read_availability_masks(path, self.dataset_json["labels"])
         partial = sum(1 for m in out.values() if not m.all())
         self.print_to_log_file(f"label availability from {path}: {len(out)} cases, {partial} partially annotated")
         return out
@@ -278,7 +288,7 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
         rotation, dummy_2d, initial_patch_size, _ = (
             nnUNetTrainerModalityDropout.configure_rotation_dummyDA_mirroring_and_inital_patch_size(self))
         if self.dataset_json.get("lr_split"):
-            axes = left_right_patch_axes(self.configuration_manager.transpose_forward,
+            axes = left_right_patch_axes(self.plans_manager.transpose_forward,
                                          len(self.configuration_manager.patch_size))
             self.inference_allowed_mirroring_axes = axes
             return rotation, dummy_2d, initial_patch_size, axes
