@@ -73,7 +73,7 @@ fi
 RUN_DIR=$nnUNet_results/$DS/${TRAINER}__${PLANS}__${CONFIG}
 pids=()
 for f in $FOLDS; do
-  if [ -f "$RUN_DIR/fold_$f/checkpoint_final.pth" ] && [ -f "$RUN_DIR/fold_$f/validation/summary.json" ]; then
+  if [ -f "$RUN_DIR/fold_$f/checkpoint_final.pth" ]; then  # (nnU-Net's final validation may be skipped)
     log "fold $f finished already"
     continue
   fi
