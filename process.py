@@ -14,7 +14,8 @@ ensemble (model.predictor) -> back to the CT grid and HaN-Seg labels (model.expo
 split by the mid-sagittal plane (preprocessing.laterality; models declaring dataset.json lr_split) -> back to the
 CT's own axis order -> atomic write.
 
-Exit codes: 0 success; 2 bad input; 3 output not writable; 4 bad model folder; 1 unexpected error.
+Exit codes: 0 success; 2 bad input; 3 output not writable or not in a usable state; 4 bad model folder;
+130/143 interrupted by SIGINT/SIGTERM; 1 unexpected error (README "Exit codes", "Security").
 """
 
 from __future__ import annotations

@@ -135,3 +135,16 @@ def test_empty_or_sparse_map_is_a_warning(caplog):
         assert warn_if_few_oars(case, 5, 30) and "only 5 of" in caplog.text
         caplog.clear()
         assert not warn_if_few_oars(case, 20, 30) and not caplog.text
+
+
+def test_unsigned_ct_with_a_rescale_to_hu_is_accepted(real_ct, tmp_path):
+    """uint16 + NIfTI scl_inter = -1024: ITK applies the rescale (float32 HU), so the pixel-type rule passes it;
+    the same file without the rescale is refused (above)."""
+    nib = pytest.importorskip("nibabel", reason="nibabel writes NIfTI rescale fields (test-only dependency)")
+    hu = sitk.GetArrayFromImage(real_ct)[60:70].astype(np.int32)
+    image = nib.Nifti1Image((hu + 1024).clip(0, 65535).astype(np.uint16).transpose(2, 1, 0),
+                            affine=np.diag([-3.9, -3.9, 2.5, 1.0]))
+    image.header.set_slope_inter(1.0, -1024.0)
+    nib.save(image, str(tmp_path / "ct.nii.gz"))
+    read = read_scan(tmp_path / "ct.nii.gz", "CT")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(read), hu.clip(-1024, None))
