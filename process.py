@@ -5,7 +5,9 @@ Modes:
                                                       HANSEG_OUTPUT_DIR)
     python process.py --input DIR --output DIR        local, same layout under DIR (images/ct, images/t1-mri)
     python process.py --input DATASET --output DIR    dataset: DATASET/case_XX/case_XX_IMG_CT.nrrd (+ _IMG_MR_T1),
-                                                      one map per case as DIR/case_XX.mha
+                                                      one map per case as DIR/case_XX.mha, DIR/manifest.jsonl;
+                                                      a rerun skips finished cases (cohort/; --engine ray,
+                                                      --shard I/N, --retry-failed, --force)
 
 Data path per case: read and check the images (contract.imageio) -> permute/flip the CT to the model's training
 orientation (preprocessing.orientation) -> register the MR to the CT and check the result
@@ -19,20 +21,24 @@ Exit codes: 0 success; 2 bad input; 3 output not writable; 4 bad model folder; 1
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
+from cohort.job import DatasetOptions, EngineSettings
+from cohort.shard import parse_shard
 from contract.errors import InputError, ModelFolderError, OutputError
 from contract.imageio import check_extent, read_image, read_scan, repair_intensities, write_image_atomic
-from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_dataset_cases, find_folder_case, is_dataset_root
+from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_folder_case, is_dataset_root
 from contract.labels import MAX_LABEL
 from preprocessing.orientation import labels_to_original_orientation, orientation_of, reorient
 
@@ -103,11 +109,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="feed the voxel arrays in their stored axis order, as nnU-Net does, instead of permuting "
                         "them to the model's training orientation (only for models trained on mixed orientations)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    cohort = parser.add_argument_group("dataset mode (cohorts; cohort/ and README \"Cohorts\")")
+    cohort.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process, one case after another (default); ray: Ray actors that each "
+                        "load the model once (pip install -r requirements-ray.txt)")
+    cohort.add_argument("--address", help="with --engine ray: join this Ray cluster (auto or HOST:PORT) instead "
+                        "of starting a local Ray for the run")
+    cohort.add_argument("--workers", type=int, help="with --engine ray: number of actors (default: one per GPU, "
+                        "else one per --cpus-per-worker CPUs)")
+    cohort.add_argument("--cpus-per-worker", type=int, default=1, help="with --engine ray: CPUs (and threads) per "
+                        "actor (default 1)")
+    cohort.add_argument("--shard", metavar="I/N", help="only the cases with hash(case) mod N == I (I from 0), for "
+                        "job arrays: N runs with I = 0..N-1 cover the cohort exactly once")
+    cohort.add_argument("--retry-failed", action="store_true", help="also rerun the cases the manifest records as "
+                        "failed (finished cases are still skipped)")
+    cohort.add_argument("--force", action="store_true", help="redo every case, even those already finished")
     args = parser.parse_args(argv)
     if not 0 < args.tile_step <= 1:
         parser.error(f"--tile-step must be in (0, 1], got {args.tile_step}")
     if args.time_budget is not None and args.time_budget <= 0:
         parser.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
+    if args.workers is not None and args.workers < 1 or args.cpus_per_worker < 1:
+        parser.error("--workers and --cpus-per-worker must be >= 1")
+    if args.address and args.engine != "ray":
+        parser.error("--address needs --engine ray")
     return args
 
 
@@ -253,35 +278,50 @@ def build_predictor(options: RunOptions):  # noqa: ANN201 - imported lazily to k
     return predictor
 
 
-def run(input_root: Path, output_root: Path, options: RunOptions) -> int:
+def build_case_runner(options: dict[str, Any]) -> Callable[[CaseInputs, Path], None]:
+    """The per-case function of dataset mode (:class:`cohort.job.RunnerSpec` factory, called once per worker):
+    loads the model once and returns ``segment(case, output_path)``. ``options``: the fields of RunOptions."""
+    run_options = RunOptions(**options)
+    predictor = build_predictor(run_options)
+    return functools.partial(run_case, predictor=predictor, options=run_options)
+
+
+def run(input_root: Path, output_root: Path, options: RunOptions, dataset: DatasetOptions | None = None) -> int:
     """Process the input root in folder or dataset mode. Returns the exit code."""
     if not input_root.is_dir():
         raise InputError(input_root, "input folder does not exist")
     if is_dataset_root(input_root):
-        return run_dataset(input_root, output_root, options)
+        return run_dataset(input_root, output_root, options, dataset or DatasetOptions())
+    if dataset is not None and dataset != DatasetOptions():
+        raise ValueError(f"{input_root}: --engine, --shard, --retry-failed and --force apply to dataset mode only "
+                         "(a folder of case_XX/ folders)")
     case = find_folder_case(input_root)
     output_path = output_root / OUTPUT_FOLDER / f"{case.case_id}.mha"
     run_case(case, output_path, build_predictor(options), options)
     return EXIT_OK
 
 
-def run_dataset(input_root: Path, output_root: Path, options: RunOptions) -> int:
-    """Every case folder under ``input_root``: finish all that can be done, report the others."""
-    cases, failed = find_dataset_cases(input_root)
-    log.info("dataset mode: %d cases under %s", len(cases), input_root)
-    predictor = build_predictor(options) if cases else None
-    written = 0
-    for case in cases:
-        try:
-            run_case(case, output_root / f"{case.case_id}.mha", predictor, options)
-            written += 1
-        except (InputError, OutputError) as err:
-            log.error("case %s failed: %s", case.case_id, err)
-            failed.append((case.ct_path.parent, err))
-    log.info("dataset mode: %d of %d cases written to %s", written, written + len(failed), output_root)
-    for folder, err in failed:
-        print(f"error: case {folder.name}: {err}", file=sys.stderr)
-    return EXIT_INPUT if failed else EXIT_OK
+def run_dataset(input_root: Path, output_root: Path, options: RunOptions, dataset: DatasetOptions) -> int:
+    """Every case folder under ``input_root`` (:mod:`cohort`): the manifest in ``output_root`` lets a rerun skip
+    finished cases; every failure is recorded and the run goes on; the summary groups the failures."""
+    from cohort.job import CohortJob, RunnerSpec, model_identity, software_version
+    from cohort.run import run_cohort
+
+    case_options = replace(options, progress=False)  # the cohort shows one bar over the cases
+    if dataset.engine.kind == "ray":  # one thread per CPU of the actor unless --threads says otherwise
+        case_options = replace(case_options, threads=options.threads or dataset.engine.cpus_per_worker)
+    facts = {
+        "software": software_version(),
+        "model": model_identity(options.model_dir, list(options.folds) if options.folds else None),
+        "settings": {"device": options.device, "use_mirroring": options.use_mirroring, "tile_step": options.tile_step,
+                     "fast": options.fast, "time_budget": options.time_budget, "reorient": options.reorient},
+    }
+    job = CohortJob(input_root, output_root, RunnerSpec("process:build_case_runner", asdict(case_options)), facts,
+                    options=dataset, progress=options.progress)
+    summary = run_cohort(job)
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    return summary.exit_code()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,7 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         reorient=not args.as_stored,
     )
     try:
-        return run(input_root, output_root, options)
+        dataset = DatasetOptions(
+            engine=EngineSettings(kind=args.engine, address=args.address, workers=args.workers,
+                                  cpus_per_worker=args.cpus_per_worker),
+            shard=parse_shard(args.shard) if args.shard else None,
+            retry_failed=args.retry_failed, force=args.force)
+        return run(input_root, output_root, options, dataset)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INPUT
