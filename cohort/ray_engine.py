@@ -39,6 +39,7 @@ from contract.inputs import CaseInputs
 
 log = logging.getLogger(__name__)
 
+INIT_TRIES = 3
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024**2
 """Object store of a local Ray started by the command (Ray's minimum is 75 MiB): only paths and outcomes in it."""
 
@@ -54,6 +55,31 @@ def import_ray() -> Any:  # noqa: ANN401 - the ray module
         raise RayUnavailableError("--engine ray: Ray is not installed (pip install -c constraints.txt "
                                   "-r requirements-ray.txt, or the package's [ray] extra)") from None
     return ray
+
+
+def init_ray(ray: Any, address: str, tries: int = INIT_TRIES, **options: Any) -> None:  # noqa: ANN401
+    """``ray.init(address, **options)`` without the dashboard, tried up to ``tries`` times: a raylet gives up
+    when its metrics agent has not started within a fixed 15 s, which happens on machines under heavy load
+    (ray-project/ray#65983); a later try usually succeeds. Raises RayUnavailableError after the last."""
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, **options)
+            return
+        except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception when its node does not start
+            ray.shutdown()
+            where = "a local Ray" if address == "local" else f"the Ray cluster at {address}"
+            if attempt == tries:
+                raise RayUnavailableError(f"--engine ray: cannot start or reach {where} "
+                                          f"({_first_line(err)})") from None
+            log.warning("could not start or reach %s (try %d of %d): %s", where, attempt, tries, _first_line(err))
+
+
+def start_local_ray(ray: Any, num_cpus: int) -> None:  # noqa: ANN401
+    """A Ray for this process only, on ``num_cpus`` CPUs with a small object store. Its workers run at the
+    command's own priority: Ray's default lowers them by 15 (``worker_niceness``), which starves them behind any
+    other job on a shared machine, and here they do all the work."""
+    init_ray(ray, address="local", num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+             _system_config={"worker_niceness": 0})
 
 
 class CaseActor:
@@ -108,18 +134,12 @@ class RayEngine:
     # -- cluster --------------------------------------------------------------------------------------------
     def _connect(self) -> bool:
         """Start or join Ray. Returns True if this call started (and so must stop) it."""
-        ray = self.ray
-        if ray.is_initialized():
+        if self.ray.is_initialized():
             return False
-        try:
-            if self.settings.address:
-                ray.init(address=self.settings.address, include_dashboard=False, log_to_driver=True)
-            else:
-                ray.init(num_cpus=_available_cpus(), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                         include_dashboard=False, log_to_driver=True)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            where = self.settings.address or "a local Ray"
-            raise RayUnavailableError(f"--engine ray: cannot start or reach {where} ({err})") from None
+        if self.settings.address:
+            init_ray(self.ray, address=self.settings.address)
+        else:
+            start_local_ray(self.ray, _available_cpus())
         return True
 
     def _actor_resources(self) -> tuple[int, dict[str, float]]:
