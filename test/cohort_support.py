@@ -20,9 +20,10 @@ INJECTED_MESSAGE = "injected fault for the cohort tests"
 CORRUPT_NRRD = b"NRRD0004\ntype: short\ndimension: 3\nsizes: 10 10 10\nencoding: raw\n\n\x00\x01"
 
 
-def make_cohort(root: Path, n_cases: int = 12) -> list[str]:
+def make_cohort(root: Path, n_cases: int = 12, corrupt: bool = True) -> list[str]:
     """Write ``root/case_XX/case_XX_IMG_CT.nrrd`` for ``n_cases`` cases, each from another OpenKBP patient;
-    :data:`CORRUPT_CASE` gets a truncated NRRD. Returns the case ids. Skips the test without ../shared."""
+    with ``corrupt``, :data:`CORRUPT_CASE` gets a truncated NRRD. Returns the case ids. Skips the test without
+    ../shared."""
     openkbp_ct_path()  # skips when the shared data is not there
     patients = sorted(p.name for p in OPENKBP.iterdir() if (p / "ct.nii.gz").is_file())
     if len(patients) < n_cases:
@@ -32,7 +33,7 @@ def make_cohort(root: Path, n_cases: int = 12) -> list[str]:
         case_id = f"case_{index:02d}"
         path = root / case_id / f"{case_id}_IMG_CT.nrrd"
         path.parent.mkdir(parents=True, exist_ok=True)
-        if case_id == CORRUPT_CASE:
+        if corrupt and case_id == CORRUPT_CASE:
             path.write_bytes(CORRUPT_NRRD)
         else:
             ct = sitk.ReadImage(str(openkbp_ct_path(patient)))

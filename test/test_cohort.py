@@ -210,3 +210,44 @@ def test_summary_groups_failures_by_cause_and_ends_with_one_error_line_per_case(
     assert [line.split(":")[0] for line in lines[-4:]] == ["error"] * 4
     assert lines[-1].startswith("error: case c4: m (failed in an earlier run; --retry-failed retries it)")
     assert "traceback" in next(line for line in lines if line.startswith("error: case c3"))
+
+
+# -- usage errors of the dataset-mode flags (exit 2, one error line, nothing written) ----------------------------
+def run_process(*args: str | Path, block: str | None = None) -> subprocess.CompletedProcess:
+    """``process.py ARGS`` in a fresh interpreter; ``block`` names a module whose import then fails."""
+    code = "import runpy, sys; sys.argv = ['process.py'] + sys.argv[1:]; "
+    if block:
+        code += f"sys.modules[{block!r}] = None; "
+    code += f"runpy.run_path({str(REPO / 'process.py')!r}, run_name='__main__')"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args), "--no-progress"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO), "HANSEG_THREADS": "1"},
+                          timeout=300, cwd=REPO)
+
+
+def _one_case_dataset(root: Path) -> Path:
+    image = sitk.GetImageFromArray(np.zeros((4, 8, 8), np.int16))
+    (root / "case_01").mkdir(parents=True)
+    sitk.WriteImage(image, str(root / "case_01" / "case_01_IMG_CT.nrrd"))
+    return root
+
+
+def test_ray_engine_without_ray_is_a_usage_error(small_model, tmp_path):
+    result = run_process("--input", _one_case_dataset(tmp_path / "in"), "--output", tmp_path / "out",
+                         "--model", small_model, "--engine", "ray", block="ray")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --engine ray: Ray is not installed")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_flags_in_folder_mode_and_a_bad_shard_are_usage_errors(small_model, tmp_path):
+    folder = tmp_path / "folder"
+    (folder / "images" / "ct").mkdir(parents=True)
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 8, 8), np.int16)), str(folder / "images/ct/a.mha"))
+    folder_mode = run_process("--input", folder, "--output", tmp_path / "out", "--model", small_model,
+                              "--shard", "0/2")
+    assert folder_mode.returncode == 2 and "apply to dataset mode only" in folder_mode.stderr.splitlines()[-1]
+    bad_shard = run_process("--input", _one_case_dataset(tmp_path / "in"), "--output", tmp_path / "out",
+                            "--model", small_model, "--shard", "2/2")
+    assert bad_shard.returncode == 2, bad_shard.stderr[-2000:]
+    assert bad_shard.stderr.strip().splitlines()[-1] == "error: --shard 2/2: need 0 <= I < N"
+    assert not (tmp_path / "out").exists()
