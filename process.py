@@ -119,8 +119,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "of starting a local Ray for the run")
     cohort.add_argument("--workers", type=int, help="with --engine ray: number of actors (default: one per GPU, "
                         "else one per --cpus-per-worker CPUs)")
-    cohort.add_argument("--cpus-per-worker", type=int, default=1, help="with --engine ray: CPUs (and threads) per "
-                        "actor (default 1)")
+    cohort.add_argument("--cpus-per-worker", type=int, help="with --engine ray: CPUs (and threads) per actor "
+                        "(default 1)")
     cohort.add_argument("--shard", metavar="I/N", help="only the cases with hash(case) mod N == I (I from 0), for "
                         "job arrays: N runs with I = 0..N-1 cover the cohort exactly once")
     cohort.add_argument("--retry-failed", action="store_true", help="also rerun the cases the manifest records as "
@@ -131,10 +131,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--tile-step must be in (0, 1], got {args.tile_step}")
     if args.time_budget is not None and args.time_budget <= 0:
         parser.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
-    if args.workers is not None and args.workers < 1 or args.cpus_per_worker < 1:
+    if any(value is not None and value < 1 for value in (args.workers, args.cpus_per_worker)):
         parser.error("--workers and --cpus-per-worker must be >= 1")
-    if args.address and args.engine != "ray":
-        parser.error("--address needs --engine ray")
+    if args.engine != "ray" and (args.address or args.workers or args.cpus_per_worker):
+        parser.error("--address, --workers and --cpus-per-worker need --engine ray")
     return args
 
 
@@ -352,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dataset = DatasetOptions(
             engine=EngineSettings(kind=args.engine, address=args.address, workers=args.workers,
-                                  cpus_per_worker=args.cpus_per_worker),
+                                  cpus_per_worker=args.cpus_per_worker or 1),
             shard=parse_shard(args.shard) if args.shard else None,
             retry_failed=args.retry_failed, force=args.force)
         return run(input_root, output_root, options, dataset)

@@ -65,8 +65,23 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
                 log.warning("%s:%d: not a case record: ignored", path, number)
 
 
+KEPT_FIELDS = ("case", "status", "output", "sha256", "inputs", "finished_at", "started_at", "attempts", "worker")
+
+
+def _essentials(record: dict[str, Any]) -> dict[str, Any]:
+    """What a rerun needs of a record (a cohort of 100,000 cases keeps 100,000 of them in memory): the run facts
+    reduced to their config id, the error without its traceback."""
+    kept = {key: record.get(key) for key in KEPT_FIELDS}
+    run = record.get("run")
+    kept["run"] = {"config": run.get("config"), "run_id": run.get("run_id")} if isinstance(run, dict) else None
+    error = record.get("error")
+    kept["error"] = {k: v for k, v in error.items() if k != "traceback"} if isinstance(error, dict) else None
+    return kept
+
+
 def latest_records(output_root: Path) -> dict[str, dict[str, Any]]:
-    """Case id -> its latest record, over every manifest file in ``output_root`` (empty if there is none)."""
+    """Case id -> the essentials of its latest record, over every manifest file in ``output_root`` (empty if
+    there is none)."""
     latest: dict[str, dict[str, Any]] = {}
     if not output_root.is_dir():
         return latest
@@ -74,7 +89,7 @@ def latest_records(output_root: Path) -> dict[str, dict[str, Any]]:
         for record in read_records(path):
             previous = latest.get(record["case"])
             if previous is None or str(record.get("finished_at", "")) >= str(previous.get("finished_at", "")):
-                latest[record["case"]] = record
+                latest[record["case"]] = _essentials(record)
     return latest
 
 

@@ -92,21 +92,24 @@ class CaseActor:
     def __init__(self, runner: RunnerSpec, output_root: str) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         self.output_root = Path(output_root)
-        self.load_error: tuple[str, str] | None = None
+        self.load_error: tuple[str, str, str] | None = None  # ("model", path, problem) or ("usage", message, "")
         try:
             self.segment = runner.build()
         except ModelFolderError as err:
-            self.load_error = (str(err.path), err.problem)
+            self.load_error = ("model", str(err.path), err.problem)
+        except ValueError as err:  # a usage error, e.g. --device cuda where the actor has no GPU
+            self.load_error = ("usage", str(err), "")
 
     def ready(self) -> dict[str, Any]:
-        """``{"worker": host:pid, "model_error": None or (path, problem)}`` once the model is loaded."""
-        return {"worker": worker_name(), "model_error": self.load_error}
+        """``{"worker": host:pid, "load_error": None or (kind, ...)}`` once the model is loaded."""
+        return {"worker": worker_name(), "load_error": self.load_error}
 
     def run_case(self, case: CaseInputs) -> CaseOutcome:
         if self.load_error is not None:  # a replacement actor that could not load the model
-            path, problem = self.load_error
+            kind, where, problem = self.load_error
             return failed_outcome(case.case_id, CaseError(kind="model", type="ModelFolderError",
-                                                          message=f"{path}: {problem}", problem=problem))
+                                                          message=f"{where}: {problem}" if problem else where,
+                                                          problem=problem or where))
         return run_case_safely(self.segment, case, self.output_root)
 
 
@@ -232,8 +235,9 @@ class RayEngine:
         """Wait until every actor has loaded the model; a model folder error is raised as the command's own."""
         reports = self.ray.get([slot.actor.ready.remote() for slot in slots])
         for report in reports:
-            if report["model_error"] is not None:
-                raise ModelFolderError(*report["model_error"])
+            if report["load_error"] is not None:
+                kind, where, problem = report["load_error"]
+                raise ModelFolderError(where, problem) if kind == "model" else ValueError(where)
         log.info("ray: workers ready: %s", ", ".join(report["worker"] for report in reports))
 
 
