@@ -60,7 +60,7 @@ def import_ray() -> Any:  # noqa: ANN401 - the ray module
 def init_ray(ray: Any, address: str, tries: int = INIT_TRIES, **options: Any) -> None:  # noqa: ANN401
     """``ray.init(address, **options)`` without the dashboard, tried up to ``tries`` times: a raylet gives up
     when its metrics agent has not started within a fixed 15 s, which happens on machines under heavy load
-    (ray-project/ray#65983); a later try usually succeeds. Raises RayUnavailableError after the last."""
+    (ray-project/ray#65983); a later try may get through. Raises RayUnavailableError after the last."""
     for attempt in range(1, tries + 1):
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=True, **options)
@@ -106,7 +106,7 @@ class CaseActor:
 
     def run_case(self, case: CaseInputs) -> CaseOutcome:
         if self.load_error is not None:  # a replacement actor that could not load the model
-            kind, where, problem = self.load_error
+            _, where, problem = self.load_error
             return failed_outcome(case.case_id, CaseError(kind="model", type="ModelFolderError",
                                                           message=f"{where}: {problem}" if problem else where,
                                                           problem=problem or where))
