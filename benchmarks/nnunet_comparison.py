@@ -96,7 +96,7 @@ def make_inputs(workdir: Path, cases: Sequence[str], source_case: str, quick: bo
 
 def make_random_model(out: Path, arch: str, folds: int) -> Path:
     """A random-weight nnU-Net v2 model folder shaped like the shipped model (2d) or a 6-stage 3-D net."""
-    from test.make_test_model import make_test_model
+    from devkit.make_test_model import make_test_model
 
     if arch == "2d":
         return make_test_model(out, folds=folds, spacing_zyx=(2.5, 4.688, 4.688), patch_size=(128, 128),
@@ -116,7 +116,7 @@ def child_main(args: argparse.Namespace) -> int:
     if args.child == "nnunet":
         import torch
 
-        from test.nnunet_reference import nnunet_predict
+        from devkit.nnunet_reference import nnunet_predict
 
         torch.set_num_threads(os.cpu_count() or 1)
         fold_ids = folds or tuple(p.name.split("_", 1)[1] for p in sorted(Path(args.model).glob("fold_*")))

@@ -32,7 +32,7 @@ def real_ct() -> sitk.Image:
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-fold CT+T1 random-weight model on a coarse grid (6x8x8 mm), quick enough for end-to-end runs."""
-    from test.make_test_model import make_test_model
+    from devkit.make_test_model import make_test_model
 
     return make_test_model(tmp_path_factory.mktemp("model") / "model", folds=2, spacing_zyx=(6.0, 8.0, 8.0))
 
@@ -52,13 +52,12 @@ def write_image(array: np.ndarray, path: Path, like: sitk.Image | None = None,
 
 @pytest.fixture
 def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Predictors use one CPU thread (a training job may share the machine); the setting is restored after."""
+    """Predictors use one CPU thread (a training job may share the machine); the setting is restored after.
+    (Predictors never change torch's threads themselves: the command line sets them once.)"""
     import torch
 
-    import model.predictor as predictor_module
-
     before = torch.get_num_threads()
-    monkeypatch.setattr(predictor_module, "available_cpu_threads", lambda: 1)
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 

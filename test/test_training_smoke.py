@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.shared_data import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-OPENKBP = Path("/work/shared/data/openkbp_hn_ct")
+OPENKBP = shared_data_dir() / "openkbp_hn_ct"
 BIN = Path(sys.executable).parent
 CASES = ["pt_4", "pt_13", "pt_201"]  # pt_201 is a validation-pats case: held out in imagesTs
 

@@ -9,13 +9,13 @@
 #   nohup training/run_shipped_model.sh > work_dirs/logs/run_shipped_model.log 2>&1 &
 #
 # Environment overrides: FOLDS ("0 1"), TRAINER (nnUNetTrainerCPU), CONFIG (2d), PLANS (nnUNetPlansCPU),
-# PRETRAINED (a weights/ folder: nnUNetTrainerCPU_ft starts each fold from its checkpoint_final.pth), DATASET_ID (501), WORK, PYTHON (/work/venv/bin/python), NICE (10), EXPORT=1 (export to weights/
+# PRETRAINED (a weights/ folder: nnUNetTrainerCPU_ft starts each fold from its checkpoint_final.pth), DATASET_ID (501), WORK, PYTHON (.venv/bin/python of the repository), NICE (10), EXPORT=1 (export to weights/
 # and run the held-out evaluation when all folds are finished), DRY_RUN=1 (only print the
 # training commands; the data steps still run if their outputs are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-PYTHON=${PYTHON:-/work/venv/bin/python}
+PYTHON=${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}
 BIN=$(dirname "$PYTHON")
 WORK=${WORK:-$REPO/work_dirs}
 DATASET_ID=${DATASET_ID:-501}
