@@ -42,9 +42,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from benchmarks.monitor import run_monitored
+from devkit.data import openkbp_cases_dir
 
 REPO = Path(__file__).resolve().parents[1]
-OPENKBP = REPO.parent / "shared" / "data" / "openkbp_hn_ct" / "cases"
+OPENKBP = openkbp_cases_dir()  # ../shared (34 cases), else the 3 bundled in test/data
 log = logging.getLogger("benchmarks.nnunet_comparison")
 
 HANSEG_SPACING_XYZ = (0.56, 0.56, 2.0)
