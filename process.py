@@ -10,7 +10,10 @@ Modes:
 This is the command line over the in-memory API (:func:`hanseg.segment`): it finds and reads the files
 (contract.inputs, contract.imageio), builds the one settings object from flags and HANSEG_* variables
 (hanseg.settings), sets the CPU threads once, segments each case with one loaded model, and writes the label map,
-QA output and run record atomically.
+QA output and run record atomically. Data path inside segment(): README "How a case flows through the code"
+(orientation -> MR registered onto the CT -> nnU-Net preprocessing -> fold ensemble -> export to the CT grid and
+HaN-Seg labels -> merged left/right labels split by the mid-sagittal plane (preprocessing.laterality; models
+declaring dataset.json lr_split) -> back to the CT's own axis order).
 
 Exit codes: 0 success; 2 bad input or bad flag/variable; 3 output not writable; 4 bad model folder; 1 unexpected.
 """

@@ -30,6 +30,7 @@ from contract.imageio import validate_scan
 from contract.labels import MAX_LABEL
 from hanseg.settings import Settings
 from preprocessing.channels import MrDecision, channel_arrays, prepare_channels
+from preprocessing.laterality import split_left_right
 from preprocessing.orientation import labels_to_original_orientation, orientation_of, reorient
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,7 @@ def segment(ct: sitk.Image, mr: sitk.Image | None = None, model: Model | str | P
     labels = predictor.predict_preprocessed(preprocessed, deadline, report)
     timings["predict_and_export"] = time.perf_counter() - stage
     del preprocessed
+    labels = split_left_right(labels, oriented, predictor.lateral_splits)  # merged L/R labels of lr_split models
     image = to_label_image(labels_to_original_orientation(labels, oriented, ct), ct)
     timings["total"] = time.perf_counter() - started
     volumes = oar_volumes_ml(labels, ct.GetSpacing())
