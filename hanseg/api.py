@@ -144,7 +144,8 @@ def segment(ct: sitk.Image, mr: sitk.Image | None = None, model: Model | str | P
         ct: the planning CT (HU), any pixel type, any direction matrix.
         mr: the T1 MR, or None (predicted from the CT alone, as under the model's modality dropout).
         model: a :class:`Model` (load once, reuse), a model folder path, or None (``settings.model_dir``).
-        settings: used only when ``model`` is not a :class:`Model` (default :class:`Settings`).
+        settings: used to load the model when ``model`` is not a :class:`Model` (default :class:`Settings`); with
+            a loaded model, its own settings apply (different ones raise ValueError rather than being ignored).
         deadline: ``time.monotonic()`` by which the case must be done (the time budget); None: the model's
             ``time_budget`` from now, if it has one.
         case_id: names the case in logs and in the record.
@@ -159,6 +160,8 @@ def segment(ct: sitk.Image, mr: sitk.Image | None = None, model: Model | str | P
 
     if not isinstance(model, Model):
         model = Model.load(model, settings)
+    elif settings is not None and settings.inference_dict() != model.settings.inference_dict():
+        raise ValueError("segment(): these settings differ from the loaded model's; pass them to Model.load")
     predictor = model.predictor
     timings: dict[str, float] = {}
     started = time.perf_counter()
