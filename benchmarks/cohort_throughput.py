@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         case_ids = make_cohort(root / "dataset", args.cases, corrupt=False)
         model, model_args = args.model, []
         if model is None:
-            from test.make_test_model import make_test_model
+            from devkit.make_test_model import make_test_model
 
             model = make_test_model(root / "model", folds=2, spacing_zyx=(6.0, 8.0, 8.0))
             model_args = ["--no-tta", "--folds", "0"]

@@ -162,9 +162,9 @@ def ray_cluster():
 
 def ray_job(cohort_root: Path, out: Path, model: Path, **runner_extra) -> CohortJob:
     """A 2-actor Ray job whose actors run process.py's case function with FAULT_CASE failing."""
-    from process import RunOptions
+    from hanseg.settings import Settings
 
-    options = asdict(RunOptions(model_dir=model, folds=("0",), use_mirroring=False, threads=1, progress=False))
+    options = asdict(Settings(model_dir=model, folds=("0",), use_mirroring=False, threads=1, progress=False))
     return CohortJob(cohort_root, out, RunnerSpec("test.cohort_support:build_faulty_runner",
                                                   {**options, **runner_extra}),
                      facts={"test": "ray"}, options=DatasetOptions(engine=EngineSettings("ray", workers=2)),
