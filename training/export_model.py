@@ -205,8 +205,10 @@ def swap_into_place(new: Path, out: Path) -> Path | None:
 
 
 def export(run: Path, folds: list[str], out: Path, allow_unfinished: bool = False, max_mb: float = DEFAULT_MAX_MB,
-           train_command: str | None = None) -> dict[str, Any]:
+           train_command: str | None = None, hardware: str | None = None) -> dict[str, Any]:
     """Export ``run``'s folds into ``out`` safely (module docstring); return a summary (per fold: source, epoch).
+
+    ``hardware``: what the run was trained on, for the model card (default: this machine's description).
 
     Raises:
         ModelFolderError: if the run folder is not exportable (``out`` untouched).
@@ -224,7 +226,7 @@ def export(run: Path, folds: list[str], out: Path, allow_unfinished: bool = Fals
     try:
         for path in (plans_src, dataset_src):
             shutil.copyfile(path, tmp / path.name)
-        summary: dict[str, Any] = {"run": str(run), "folds": {}}
+        summary: dict[str, Any] = {"run": str(run), "folds": {}, "hardware": hardware}
         curves = {}
         total_mb = folder_megabytes(tmp)
         for fold, src in sources.items():
@@ -237,6 +239,7 @@ def export(run: Path, folds: list[str], out: Path, allow_unfinished: bool = Fals
             curves[f"fold_{fold}"] = training_curve(ckpt)
             (tmp / f"fold_{fold}").mkdir()
             torch.save(stripped, tmp / f"fold_{fold}" / "checkpoint_final.pth")
+            summary.setdefault("mirror_axes", stripped.get("inference_allowed_mirroring_axes"))
             summary["folds"][fold] = {"source": src.name, "epochs_done": ckpt.get("current_epoch"),
                                       "finished": src.name == "checkpoint_final.pth",
                                       "trainer": ckpt.get("trainer_name")}
@@ -271,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB,
                         help=f"size budget of the exported folder (default {DEFAULT_MAX_MB:g}; 5-fold 3d_fullres: 700)")
     parser.add_argument("--train-command", default=None, help="the command that trained the run (model card)")
+    parser.add_argument("--hardware", default=None, help="what the run was trained on, e.g. '1x A100 40 GB' "
+                                                         "(model card; default: this machine)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        export(args.run, args.folds, args.out, args.allow_unfinished, args.max_mb, args.train_command)
+        export(args.run, args.folds, args.out, args.allow_unfinished, args.max_mb, args.train_command, args.hardware)
     except ModelFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_MODEL
