@@ -9,7 +9,8 @@ skipped). The result is written as ``plans.json`` + ``dataset.json`` (CT + T1 ch
 ``model.fit`` estimates and a random-weight model can be built from.
 
     python -m benchmarks.hanseg_plans --out work_dirs/hanseg_plan [--size 1024 1024 200] [--spacing 0.56 0.56 2.0]
-        [--classes 31] [--target-spacing 1.0 1.0 2.0] && python -m model.fit --model work_dirs/hanseg_plan
+        [--classes 31] [--target-spacing 1.0 1.0 2.0] [--random-folds 5 [--no-mirroring]]
+    python -m model.fit --model work_dirs/hanseg_plan
 
 Sizes and spacings are SimpleITK order (x, y, z).
 """
@@ -120,6 +121,26 @@ def write_plan_folder(out: Path, **kwargs: Any) -> Path:
     return out
 
 
+def write_random_folds(folder: Path, folds: int, mirror_axes: Sequence[int] | None = (0, 1, 2)) -> None:
+    """Add ``folds`` random-weight ``fold_N/checkpoint_final.pth`` (seeded by N) to a plan folder, so the predictor
+    can run the plan (memory and time benchmarks; e.g. ``benchmarks.large_ct_memory --model FOLDER``)."""
+    import torch
+
+    from model.fit import model_from_plans
+    from model.network import build_network
+
+    model, _, _ = model_from_plans(folder, "3d_fullres")
+    for fold in range(folds):
+        torch.manual_seed(fold)
+        network = build_network(model)
+        checkpoint = {"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer", "current_epoch": 0,
+                      "init_args": {"configuration": "3d_fullres", "fold": fold},
+                      "inference_allowed_mirroring_axes": None if mirror_axes is None else tuple(mirror_axes)}
+        (folder / f"fold_{fold}").mkdir(exist_ok=True)
+        torch.save(checkpoint, folder / f"fold_{fold}" / "checkpoint_final.pth")
+        log.info("wrote random-weight fold %d into %s", fold, folder)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -128,10 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=31)
     parser.add_argument("--target-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                         help="nnU-Net's -overwrite_target_spacing (default: the planner's choice)")
+    parser.add_argument("--random-folds", type=int, default=0, help="also write N random-weight folds")
+    parser.add_argument("--no-mirroring", action="store_true", help="random folds allow no test-time mirroring")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     write_plan_folder(args.out, size_xyz=args.size, spacing_xyz=args.spacing, num_classes=args.classes,
                       target_spacing_xyz=args.target_spacing)
+    if args.random_folds:
+        write_random_folds(args.out, args.random_folds, None if args.no_mirroring else (0, 1, 2))
     config = json.loads((args.out / "plans.json").read_text())["configurations"]["3d_fullres"]
     print(f"wrote {args.out}: 3d_fullres spacing {config['spacing']} patch {config['patch_size']} "
           f"batch {config['batch_size']} features {config['architecture']['arch_kwargs']['features_per_stage']}")
