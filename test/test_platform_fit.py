@@ -110,9 +110,12 @@ def test_documented_recipe_variant_fits(tmp_path: Path) -> None:
 def test_fit_of_the_shipped_2d_model_counts_one_tile_row_per_slice() -> None:
     weights = Path(__file__).resolve().parents[1] / "weights"
     model, n_folds, axes = fit.model_from_plans(weights)
-    assert model.configuration.is_2d and axes == ()  # the shipped trainer disables mirroring
+    checkpoint = torch.load(weights / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    allowed = checkpoint.get("inference_allowed_mirroring_axes")
+    assert model.configuration.is_2d and axes == (() if allowed is None else tuple(allowed))  # read from the folds
     report = fit.estimate_fit(model, (128, 128, 128), (3.9, 3.9, 2.5), folds=n_folds, mirror_axes=axes)
     in_plane = math.prod(math.ceil((max(s, p) - p) / (p * 0.5)) + 1
                          for s, p in zip(report.network_shape[1:], model.configuration.patch_size))
     assert report.tiles_per_fold == report.network_shape[0] * in_plane
+    assert report.network_passes == report.tiles_per_fold * n_folds * 2 ** len(axes)
     assert report.fits
