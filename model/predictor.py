@@ -20,11 +20,24 @@ from tqdm import tqdm
 from contract.errors import ModelFolderError
 from contract.labels import model_to_hanseg_lookup
 from model.budget import BudgetController, Plan, describe_loss, plan_for_budget, process_start_monotonic, time_forward
+from model.device import autocast_for
 from model.export import labels_to_image_array, logits_to_labels
 from model.fast import fast_settings
 from model.model_folder import ModelFolder
 from model.network import build_network, load_fold_weights
-from model.sliding_window import pad_to_patch, padded_shape, sliding_window_logits, tile_slicers
+from model.placement import (
+    Placement,
+    choose_placement,
+    cpu_placement,
+    empty_device_cache,
+    estimate_need,
+    host_tensor,
+    next_placement,
+    probe_activation_bytes,
+    to_results,
+    weight_bytes,
+)
+from model.sliding_window import FoldAccumulator, pad_to_patch, padded_shape, sliding_window_logits, tile_slicers
 from preprocessing.preprocess import PreprocessedCase, preprocess_case
 
 log = logging.getLogger(__name__)
@@ -76,6 +89,7 @@ class Predictor:
             torch.set_num_threads(available_cpu_threads())
         self.fast = fast_settings(device, model.mirror_axes, options.use_mirroring) if options.fast else None
         self._clock_start = process_start_monotonic() or time.monotonic()
+        self.last_placement: Placement = cpu_placement()
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
@@ -129,22 +143,56 @@ class Predictor:
         controller = BudgetController(deadline, export_s, plan.mirror_axes, per_pass)
         return plan, controller
 
-    @torch.inference_mode()
-    def predict_logits(self, case: PreprocessedCase) -> torch.Tensor:
-        """Mean fp16 logits of all (planned) folds on the model grid, ``(K, *spatial)``, on the CPU."""
+    def placement(self, case: PreprocessedCase) -> Placement:
+        """Where this case's tensors live (:mod:`model.placement`); logged."""
+        if self.device.type != "cuda":
+            return cpu_placement()
         config = self.model.configuration
+        data, _ = pad_to_patch(case.data, config.patch_size)
+        slicers = tile_slicers(data.shape[1:], config.patch_size, self.options.tile_step)
+        batch = self.fast.batch_tiles if self.fast is not None else 1
+        tiles = torch.stack([data[s] for s in slicers[:batch]])
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                    else autocast_for(self.device))
+        need = estimate_need(case.data.shape, self.model.num_classes, config.patch_size, case.shape_after_cropping,
+                             weight_bytes(self.network),
+                             probe_activation_bytes(self.network, tiles, self.device, autocast))
+        chosen = choose_placement(self.device, need)
+        log.info("memory: %s", chosen.reason)
+        return chosen
+
+    def _move_network(self, placement: Placement) -> None:
+        if next(self.network.parameters()).device != placement.network_device:
+            self.network.to(placement.network_device)
+
+    @torch.inference_mode()
+    def predict_logits(self, case: PreprocessedCase, placement: Placement | None = None) -> torch.Tensor:
+        """Mean fp16 logits of all (planned) folds on the model grid, ``(K, *spatial)``, on the placement's
+        results device (the GPU on the device path, else the host).
+
+        A CUDA out-of-memory error in a fold moves the run one step down device -> host -> cpu
+        (:func:`model.placement.next_placement`) and retries that fold there, or all folds if the failed one had
+        already written part of the ensemble sum; it is logged, never a crash.
+        """
+        config = self.model.configuration
+        placement = placement or self.placement(case)
+        self.last_placement = placement
         plan, controller = self.plan(case)
         n_tiles = self._n_tiles(case, plan.tile_step)
         folds = self.model.folds[:plan.n_folds]
         log.info(
-            "predicting: %d folds x %d tiles, patch %s, mirror axes %s%s", len(folds), n_tiles,
-            config.patch_size, plan.mirror_axes, f", {self.fast.describe()}" if self.fast else "",
+            "predicting: %d folds x %d tiles, patch %s, mirror axes %s%s, %s path", len(folds), n_tiles,
+            config.patch_size, plan.mirror_axes, f", {self.fast.describe()}" if self.fast else "", placement.path,
         )
-        summed: torch.Tensor | None = None
+        self._move_network(placement)
+        data = to_results(case.data, placement)
+        summed = host_tensor((self.model.num_classes, *case.data.shape[1:]), torch.half, placement)
         done = 0
+        accumulators: list[FoldAccumulator] = []
         with tqdm(total=n_tiles * len(folds), desc="tiles", unit="tile", disable=not self.options.progress,
                   mininterval=2) as bar:
-            for fold in folds:
+            while done < len(folds):
+                fold = folds[done]
                 if controller is not None and done and not controller.fold_fits(n_tiles):
                     msg = f"folds {len(folds)} -> {done} (running late)"
                     controller.given_up.append(msg)
@@ -153,22 +201,47 @@ class Predictor:
                 if controller is not None:
                     controller.mirror_axes = plan.mirror_axes
                 load_fold_weights(self.network, fold.weights, str(fold.path))
-                logits = sliding_window_logits(
-                    self.network,
-                    case.data,
-                    config.patch_size,
-                    self.model.num_classes,
-                    mirror_axes=plan.mirror_axes,
-                    step_fraction=plan.tile_step,
-                    device=self.device,
-                    on_tile=bar.update,
-                    autocast_dtype=self.autocast_dtype,
-                    controller=controller,
-                    batch_tiles=self.fast.batch_tiles if self.fast is not None else 1,
-                ).to("cpu")
-                summed = logits if summed is None else summed.add_(logits)
+                accumulators.clear()
+                try:
+                    sliding_window_logits(
+                        self.network,
+                        data,
+                        config.patch_size,
+                        self.model.num_classes,
+                        mirror_axes=plan.mirror_axes,
+                        step_fraction=plan.tile_step,
+                        device=placement.network_device,
+                        on_tile=bar.update,
+                        autocast_dtype=self.autocast_dtype,
+                        controller=controller,
+                        batch_tiles=self.fast.batch_tiles if self.fast is not None else 1,
+                        out=summed,
+                        first=done == 0,
+                        results_device=placement.results_device,
+                        on_accumulator=accumulators.append,
+                    )
+                except torch.OutOfMemoryError as err:
+                    if placement.path == "cpu":
+                        raise
+                    written = accumulators[0].flushed_rows if accumulators else 0
+                    failed = placement
+                    placement = next_placement(placement)
+                    self.last_placement = placement
+                    accumulators.clear()
+                    restart = written > 0 and done > 0
+                    log.warning("CUDA out of memory in fold %s on the %s path (%s): retrying %s on the %s path",
+                                fold.path.name, failed.path, str(err).splitlines()[0][:120],
+                                "all folds" if restart else "this fold", placement.path)
+                    summed = to_results(summed, placement) if done and not restart else \
+                        host_tensor(summed.shape, torch.half, placement)
+                    data = to_results(case.data, placement)
+                    empty_device_cache(failed.network_device)
+                    self._move_network(placement)
+                    bar.reset()
+                    if restart:
+                        done = 0
+                    continue
                 done += 1
-        assert summed is not None
         if done > 1:
             summed /= done
         return summed
@@ -195,13 +268,18 @@ class Predictor:
         """Second half of :meth:`predict`: ensemble, export to the CT grid, HaN-Seg label values."""
         logits = self.predict_logits(case)
         kwargs = self.model.configuration.probabilities_resampling_kwargs
-        labels = logits_to_labels(
-            logits,
-            case.shape_after_cropping,
-            case.model_spacing,
-            case.original_spacing,
-            force_separate_z=kwargs.get("force_separate_z", False),
-        )
+        export = {"target_shape": case.shape_after_cropping, "current_spacing": case.model_spacing,
+                  "target_spacing": case.original_spacing, "force_separate_z": kwargs.get("force_separate_z", False)}
+        labels = None
+        if self.last_placement.export_on_device:
+            try:
+                labels = logits_to_labels(logits, on_device=True, **export)
+            except torch.OutOfMemoryError:
+                log.warning("CUDA out of memory in the GPU export: exporting in chunks on the host instead")
+                empty_device_cache(logits.device)
+        if labels is None:
+            labels = logits_to_labels(logits.cpu(), **export)
+        del logits
         result = labels_to_image_array(labels, case, self.lookup)
         self._clock_start = time.monotonic()
         return result
