@@ -232,7 +232,8 @@ def large_step(device: torch.device, workdir: Path, size_xyz: Sequence[int], pla
 def report(device: torch.device, agreement: list[Agreement], large: LargeCase, size_xyz: Sequence[int]) -> str:
     lines = [f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}) | "
              f"torch {torch.__version__} | CPU threads {torch.get_num_threads()}", "",
-             f"| case | {device.type} s | cpu s | {device.type}/cpu | min per-label Dice {device.type} vs cpu | labels |",
+             f"| case | {device.type} s | cpu s | {device.type}/cpu | min per-label Dice {device.type} vs cpu "
+             "| labels |",
              "|---|---|---|---|---|---|"]
     for row in agreement:
         lines.append(f"| {row.case} | {row.device_s:.1f} | {row.cpu_s:.1f} | {row.device_s / row.cpu_s:.2f}x | "
