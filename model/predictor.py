@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ from model.budget import BudgetController, Plan, describe_loss, plan_for_budget,
 from model.device import autocast_for
 from model.export import labels_to_image_array, logits_to_labels
 from model.fast import fast_settings
-from model.model_folder import ModelFolder
+from model.model_folder import Fold, ModelFolder
 from model.network import build_network, load_fold_weights
 from model.placement import (
     Placement,
@@ -90,6 +90,7 @@ class Predictor:
         self.fast = fast_settings(device, model.mirror_axes, options.use_mirroring) if options.fast else None
         self._clock_start = process_start_monotonic() or time.monotonic()
         self.last_placement: Placement = cpu_placement()
+        self._compiled: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
@@ -161,6 +162,17 @@ class Predictor:
         log.info("memory: %s", chosen.reason)
         return chosen
 
+    def _forward_for(self, fold: Fold) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The forward pass of ``fold`` (its weights already in ``self.network``): the torch network, or in
+        compiled fast mode its OpenVINO model (compiled once per fold and kept)."""
+        if self.fast is None or not self.fast.compiled:
+            return self.network
+        if fold.name not in self._compiled:
+            from model.compiled import compile_fold
+
+            self._compiled[fold.name] = compile_fold(self.model, fold, self.network, torch.get_num_threads())
+        return self._compiled[fold.name]
+
     def _move_network(self, placement: Placement) -> None:
         if next(self.network.parameters()).device != placement.network_device:
             self.network.to(placement.network_device)
@@ -204,7 +216,7 @@ class Predictor:
                 accumulators.clear()
                 try:
                     sliding_window_logits(
-                        self.network,
+                        self._forward_for(fold),
                         data,
                         config.patch_size,
                         self.model.num_classes,

@@ -17,7 +17,6 @@ from functools import lru_cache
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
-from torch import nn
 
 from model.budget import BudgetController, mirror_passes
 from model.device import autocast_for
@@ -111,8 +110,12 @@ def _widen(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype == torch.bfloat16 else logits
 
 
+Forward = Callable[[torch.Tensor], torch.Tensor]
+"""A network's forward pass: a torch module, or a compiled one (:class:`model.compiled.CompiledNetwork`)."""
+
+
 @torch.inference_mode()
-def predict_tile(network: nn.Module, tiles: torch.Tensor, mirror_axes: Sequence[int]) -> torch.Tensor:
+def predict_tile(network: Forward, tiles: torch.Tensor, mirror_axes: Sequence[int]) -> torch.Tensor:
     """Logits of a ``(B, C, ...)`` batch of tiles, averaged over the plain pass and every mirrored pass (bf16
     network outputs are summed in float32)."""
     prediction = _widen(network(tiles))
@@ -214,7 +217,7 @@ class FoldAccumulator:
 
 @torch.inference_mode()
 def sliding_window_logits(
-    network: nn.Module,
+    network: Forward,
     data: torch.Tensor,
     patch_size: Sequence[int],
     num_classes: int,
