@@ -212,7 +212,7 @@ class LargeCase:
 
 def large_step(device: torch.device, workdir: Path, size_xyz: Sequence[int], plan: dict, with_nnunet: bool,
                source_case: str = "pt_201") -> LargeCase:
-    from test.make_test_model import make_test_model
+    from devkit.make_test_model import make_test_model
 
     model_dir = make_test_model(workdir / "model_31", folds=2, mirror_axes=(2,), **plan)
     ct = hanseg_sized_ct(sitk.ReadImage(str(OPENKBP / source_case / "ct.nii.gz")), size_xyz,
@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = args.workdir or Path(tmp)
         model_dir = args.model
         if model_dir is None and args.quick:
-            from test.make_test_model import make_test_model
+            from devkit.make_test_model import make_test_model
 
             model_dir = make_test_model(workdir / "tiny", folds=2, spacing_zyx=(6.0, 8.0, 8.0), patch_size=(16, 16, 16),
                                         features=(4, 8), mirror_axes=(2,))

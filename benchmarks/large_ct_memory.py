@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spacing = LARGE_SPACING_XYZ
         if args.hanseg_plan:
             from benchmarks.gpu_check import HANSEG_PLAN
-            from test.make_test_model import make_test_model
+            from devkit.make_test_model import make_test_model
 
             args.model = make_test_model(workdir / "model_31", folds=2, mirror_axes=(2,), **HANSEG_PLAN)
             spacing = tuple(reversed(HANSEG_PLAN["spacing_zyx"]))

@@ -23,7 +23,7 @@ PATCH = (16, 16, 16)
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test.make_test_model import make_test_model
+    from devkit.make_test_model import make_test_model
 
     return make_test_model(tmp_path_factory.mktemp("compiled") / "model", folds=2, spacing_zyx=(6.0, 8.0, 8.0),
                            patch_size=PATCH, features=(4, 8), mirror_axes=(2,))

@@ -125,7 +125,7 @@ def test_ring_accumulation_is_bit_identical_to_whole_volume_accumulation(shape, 
 
 @pytest.fixture(scope="module")
 def model_31(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test.make_test_model import make_test_model
+    from devkit.make_test_model import make_test_model
 
     return make_test_model(tmp_path_factory.mktemp("placement") / "model", folds=2, spacing_zyx=(6.0, 8.0, 8.0),
                            patch_size=PATCH, features=(4, 8), mirror_axes=(2,))
