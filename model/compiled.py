@@ -46,13 +46,8 @@ DEFAULT_CACHE = REPO / "compiled"
 CACHE_ENV = "HANSEG_COMPILED_DIR"
 
 
-def available() -> bool:
-    """Whether OpenVINO is installed (it is in the image; without it ``--fast`` runs torch with bf16)."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+available = fast.openvino_available
+"""Whether OpenVINO is installed (``model.fast.openvino_available``)."""
 
 
 def cache_dir() -> Path:

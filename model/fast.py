@@ -20,6 +20,7 @@ All folds are kept. Everything else (preprocessing, export) is the exact pipelin
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,14 +66,17 @@ class FastSettings:
         return f"{precision}, mirror axes {self.mirror_axes}, {self.batch_tiles} tiles per forward pass"
 
 
+def openvino_available() -> bool:
+    """Whether OpenVINO is installed (it is in the image; without it ``--fast`` runs torch with bf16)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
 def fast_settings(device: torch.device, model_mirror_axes: Sequence[int], use_mirroring: bool = True,
                   bf16: bool | None = None, compiled: bool | None = None) -> FastSettings:
     """Fast-mode settings: mirroring over the last axis; on the CPU the OpenVINO-compiled network if OpenVINO is
     installed (``compiled`` overrides), else bf16 autocast if the CPU has it (``bf16`` overrides)."""
     if compiled is None:
-        from model.compiled import available
-
-        compiled = available()
+        compiled = openvino_available()
     compiled = compiled and device.type == "cpu"
     if bf16 is None:
         bf16 = device.type == "cpu" and cpu_has_native_bf16()
