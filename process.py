@@ -5,17 +5,20 @@ Modes:
                                                       HANSEG_OUTPUT_DIR)
     python process.py --input DIR --output DIR        local, same layout under DIR (images/ct, images/t1-mri)
     python process.py --input DATASET --output DIR    dataset: DATASET/case_XX/case_XX_IMG_CT.nrrd (+ _IMG_MR_T1),
-                                                      one map per case as DIR/case_XX.mha
+                                                      one map per case as DIR/case_XX.mha, DIR/manifest.jsonl;
+                                                      a rerun skips finished cases (cohort/; --engine ray,
+                                                      --shard I/N, --retry-failed, --force)
 
-Data path per case: read and check the images (contract.imageio) -> permute/flip the CT to the model's training
-orientation (preprocessing.orientation) -> register the MR to the CT and check the result
-(preprocessing.registration) -> preprocess as the plans say (preprocessing.preprocess) -> sliding-window
-ensemble (model.predictor) -> back to the CT grid and HaN-Seg labels (model.export) -> merged left/right labels
-split by the mid-sagittal plane (preprocessing.laterality; models declaring dataset.json lr_split) -> back to the
-CT's own axis order -> atomic write.
+This is the command line over the in-memory API (:func:`hanseg.segment`): it finds and reads the files
+(contract.inputs, contract.imageio), builds the one settings object from flags and HANSEG_* variables
+(hanseg.settings), sets the CPU threads once, segments each case with one loaded model, and writes the label map,
+QA output and run record atomically. Data path inside segment(): README "How a case flows through the code"
+(orientation -> MR registered onto the CT -> nnU-Net preprocessing -> fold ensemble -> export to the CT grid and
+HaN-Seg labels -> merged left/right labels split by the mid-sagittal plane (preprocessing.laterality; models
+declaring dataset.json lr_split) -> back to the CT's own axis order).
 
-Exit codes: 0 success; 2 bad input; 3 output not writable or not in a usable state; 4 bad model folder;
-130/143 interrupted by SIGINT/SIGTERM; 1 unexpected error (README "Exit codes", "Security").
+Exit codes: 0 success; 2 bad input or bad flag/variable; 3 output not writable or not in a usable state; 4 bad
+model folder; 130/143 interrupted by SIGINT/SIGTERM; 1 unexpected (README "Exit codes", "Security").
 """
 
 from __future__ import annotations
@@ -25,18 +28,15 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-
+from cohort.case_files import apply_threads, build_predictor, first_case_deadline, run_case
+from cohort.job import DatasetOptions, EngineSettings
+from cohort.shard import parse_shard
 from contract.errors import InputError, ModelFolderError, OutputError
-from contract.imageio import check_scan_geometry, read_image, read_scan, repair_intensities, write_image_atomic
-from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_dataset_cases, find_folder_case, is_dataset_root
-from contract.labels import MAX_LABEL
+from contract.inputs import OUTPUT_FOLDER, find_folder_case, is_dataset_root
 from contract.output_state import (
     Interrupted,
     check_output_name,
@@ -44,50 +44,17 @@ from contract.output_state import (
     check_single_image_folder,
     install_signal_handlers,
 )
-from preprocessing.laterality import split_left_right
-from preprocessing.orientation import labels_to_original_orientation, orientation_of, reorient
+from hanseg.settings import ENV_RECORD_DIR, Settings, SettingsError
 
 log = logging.getLogger("process")
 
-APP_DIR = Path(__file__).resolve().parent
-DEFAULT_MODEL_DIR = APP_DIR / "weights"
-PLATFORM_MODEL_DIR = Path("/opt/ml/model")
 EXIT_OK, EXIT_UNEXPECTED, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 2, 3, 4
-MR_DROPOUT_FILL = 0.0
-"""Raw value of the MR channel when there is no usable MR: all zeros, which z-score normalisation keeps at 0,
-exactly what the trainer's modality dropout feeds the network."""
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Command-line options that affect every case."""
-
-    model_dir: Path
-    device: str = "auto"
-    folds: tuple[str, ...] | None = None
-    use_mirroring: bool = True
-    tile_step: float = 0.5
-    qa_dir: Path | None = None
-    threads: int | None = None
-    progress: bool = True
-    fast: bool = False
-    time_budget: float | None = None
-    reorient: bool = True
-    trust_model: bool = False
-
-
-def resolve_model_dir(cli_value: Path | None) -> Path:
-    """``--model`` > ``HANSEG_MODEL_DIR`` > ``/opt/ml/model`` (if it holds a plans.json) > ``weights/``."""
-    if cli_value is not None:
-        return cli_value
-    if os.environ.get("HANSEG_MODEL_DIR"):
-        return Path(os.environ["HANSEG_MODEL_DIR"])
-    if (PLATFORM_MODEL_DIR / "plans.json").is_file():
-        return PLATFORM_MODEL_DIR
-    return DEFAULT_MODEL_DIR
+RunOptions = Settings
+"""The options of a run are the one settings object (:class:`hanseg.settings.Settings`)."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line as given (numbers stay strings: :meth:`Settings.from_sources` validates them by name)."""
     parser = argparse.ArgumentParser(
         description="Segment 30 head-and-neck organs at risk from a CT and a T1 MR (HaN-Seg).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -97,18 +64,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="output root (default: $HANSEG_OUTPUT_DIR or /output)")
     parser.add_argument("--model", type=Path, help="nnU-Net v2 model folder (default: $HANSEG_MODEL_DIR, "
                         "/opt/ml/model if present, else weights/)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    parser.add_argument("--device", help="auto (CUDA if available), cpu, cuda or cuda:N (default: $HANSEG_DEVICE, "
+                        "else auto)")
     parser.add_argument("--folds", nargs="+", help="folds to ensemble (default: every fold in the model folder)")
     parser.add_argument("--no-tta", action="store_true", help="disable mirroring test-time augmentation")
-    parser.add_argument("--tile-step", type=float, default=0.5,
-                        help="sliding-window step as a fraction of the patch (0 < step <= 1; default 0.5)")
-    parser.add_argument("--qa", type=Path, metavar="DIR", help="also write quality-control PNGs and volumes here")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("HANSEG_THREADS", "0")) or None,
-                        help="CPU threads (default: $HANSEG_THREADS, else all available cores)")
+    parser.add_argument("--tile-step", help="sliding-window step as a fraction of the patch (0 < step <= 1; "
+                        "default 0.5)")
+    parser.add_argument("--qa", type=Path, metavar="DIR",
+                        help="also write quality-control PNGs, volumes and the run record here")
+    parser.add_argument("--record", type=Path, metavar="DIR",
+                        help=f"write each case's run record (JSON) and CT->MR transform here (default: "
+                        f"${ENV_RECORD_DIR}; never inside the platform output folder)")
+    parser.add_argument("--threads", help="CPU threads (default: $HANSEG_THREADS, else all available cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--fast", action="store_true",
                         help="fast CPU mode: bf16 where the CPU has it, mirroring over one axis (model/fast.py)")
-    parser.add_argument("--time-budget", type=float, metavar="SECONDS", default=_env_float("HANSEG_TIME_BUDGET"),
+    parser.add_argument("--time-budget", metavar="SECONDS",
                         help="finish each case within this many seconds by reducing folds / mirroring / tile step "
                         "(default: $HANSEG_TIME_BUDGET, else no budget)")
     parser.add_argument("--as-stored", action="store_true",
@@ -119,271 +90,97 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "carry; only for a model folder you trust as code (default: weights and plain values only, "
                         "anything else refused with exit 4)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    cohort = parser.add_argument_group("dataset mode (cohorts; cohort/ and README \"Cohorts\")")
+    cohort.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process, one case after another (default); ray: Ray actors that each "
+                        "load the model once (pip install -r requirements-ray.txt)")
+    cohort.add_argument("--address", help="with --engine ray: join this Ray cluster (auto or HOST:PORT) instead "
+                        "of starting a local Ray for the run")
+    cohort.add_argument("--workers", type=int, help="with --engine ray: number of actors (default: one per GPU, "
+                        "else one per --cpus-per-worker CPUs)")
+    cohort.add_argument("--cpus-per-worker", type=int, help="with --engine ray: CPUs (and threads) per actor "
+                        "(default 1)")
+    cohort.add_argument("--shard", metavar="I/N", help="only the cases with hash(case) mod N == I (I from 0), for "
+                        "job arrays: N runs with I = 0..N-1 cover the cohort exactly once")
+    cohort.add_argument("--retry-failed", action="store_true", help="also rerun the cases the manifest records as "
+                        "failed (finished cases are still skipped)")
+    cohort.add_argument("--force", action="store_true", help="redo every case, even those already finished")
     args = parser.parse_args(argv)
-    if not 0 < args.tile_step <= 1:
-        parser.error(f"--tile-step must be in (0, 1], got {args.tile_step}")
-    if args.time_budget is not None and args.time_budget <= 0:
-        parser.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
+    if any(value is not None and value < 1 for value in (args.workers, args.cpus_per_worker)):
+        parser.error("--workers and --cpus-per-worker must be >= 1")
+    if args.engine != "ray" and (args.address or args.workers or args.cpus_per_worker):
+        parser.error("--address, --workers and --cpus-per-worker need --engine ray")
     return args
 
 
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name)
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
+def dataset_options_from_args(args: argparse.Namespace) -> DatasetOptions:
+    """The dataset-mode flags (raises ValueError naming --shard on a bad value)."""
+    return DatasetOptions(
+        engine=EngineSettings(kind=args.engine, address=args.address, workers=args.workers,
+                              cpus_per_worker=args.cpus_per_worker or 1),
+        shard=parse_shard(args.shard) if args.shard else None,
+        retry_failed=args.retry_failed, force=args.force)
 
 
-def prepare_channels(case: CaseInputs, ct: sitk.Image, mr_channel: int | None,
-                     n_channels: int) -> list[sitk.Image | None]:
-    """The model's input channels as images on the CT grid: the CT, and the registered MR if the model takes one.
-    A missing MR, or one whose registration fails its check, is None: the modality-dropout fill
-    (:func:`channel_arrays`)."""
-    channels: list[sitk.Image | None] = [ct]
-    if mr_channel is None:
-        if case.mr_path is not None:
-            log.info("model has no MR channel: %s is not used", case.mr_path)
-        return channels
-    if n_channels != 2 or mr_channel != 1:
-        raise ModelFolderError("dataset.json", f"unsupported channel layout: {n_channels} channels, MR at {mr_channel}")
-    if case.mr_path is None:
-        log.warning("no T1 MR for case %s: predicting from the CT alone", case.case_id)
-        channels.append(None)
-    else:
-        channels.append(registered_mr(case.mr_path, ct))
-    return channels
+def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """The one settings object from the parsed flags and the ``HANSEG_*`` variables (raises SettingsError)."""
+    settings = Settings.from_sources({
+        "input_root": args.input, "output_root": args.output, "model_dir": args.model, "device": args.device,
+        "folds": args.folds, "use_mirroring": False if args.no_tta else None, "tile_step": args.tile_step,
+        "qa_dir": args.qa, "record_dir": args.record, "threads": args.threads,
+        "progress": False if args.no_progress else None, "fast": True if args.fast else None,
+        "time_budget": args.time_budget, "reorient": False if args.as_stored else None,
+        "trust_model": True if args.trust_model else None,
+    }, environ)
+    if settings.record_dir is not None and not is_dataset_root(settings.input_root):
+        platform_folder = (settings.output_root / OUTPUT_FOLDER).resolve()
+        record = settings.record_dir.resolve()
+        if record == platform_folder or platform_folder in record.parents:
+            name = "--record" if args.record is not None else ENV_RECORD_DIR
+            raise SettingsError(name, f"{settings.record_dir} is inside the platform output folder "
+                                f"{settings.output_root / OUTPUT_FOLDER}, which must hold only the label map")
+    return settings
 
 
-def channel_arrays(channels: list[sitk.Image | None]) -> list[np.ndarray]:
-    """numpy (z, y, x) arrays of the channels WITHOUT copying: read-only views into the images, which the caller
-    must keep alive while the arrays are used (HaN-Seg CTs: 0.4-0.8 GB per copy saved). None becomes the
-    modality-dropout fill (MR_DROPOUT_FILL), a lazily allocated zero array of the CT's shape."""
-    arrays = []
-    for image in channels:
-        if image is not None:
-            arrays.append(sitk.GetArrayViewFromImage(image))
-        else:  # np.zeros maps untouched pages to the kernel's zero page: no resident memory until written
-            shape = arrays[0].shape
-            arrays.append(np.zeros(shape, np.float32) if MR_DROPOUT_FILL == 0 else
-                          np.full(shape, MR_DROPOUT_FILL, dtype=np.float32))
-    return arrays
-
-
-def registered_mr(mr_path: Path, ct: sitk.Image) -> sitk.Image | None:
-    """The MR resampled onto the CT grid (float32 image), or None with a warning if it cannot be used.
-
-    A file that cannot be read as a 3-D scalar image is an input error (raised). An MR that reads but has no
-    usable intensities, or whose registration fails its quality check, is dropped: the case is predicted from
-    the CT alone, as the model was trained to do under modality dropout.
-    """
-    from preprocessing.registration import register_mr_to_ct, resample_mr_to_ct
-
-    mr = read_image(mr_path, "T1 MR")
-    try:
-        check_scan_geometry(mr, mr_path, "T1 MR")
-        mr = repair_intensities(mr, mr_path, "T1 MR", repair=False)
-        check_not_a_ct(mr, mr_path)
-    except InputError as err:
-        log.warning("%s: predicting from the CT alone", err)
-        return None
-    result = register_mr_to_ct(ct, mr)
-    if not result.accepted:
-        log.warning("%s: MR-to-CT registration failed its quality check (%s): predicting from the CT alone",
-                    mr_path, result.reason)
-        return None
-    log.info("MR registered to CT in %.1f s (%s)", result.seconds, _format_metrics(result.metrics))
-    resampled = resample_mr_to_ct(mr, ct, result.ct_to_mr)
-    if not np.isfinite(sitk.GetArrayViewFromImage(resampled)).all():
-        log.warning("%s: T1 MR has NaN/inf values once resampled onto the CT: predicting from the CT alone", mr_path)
-        return None
-    return resampled
-
-
-MR_HU_AIR_THRESHOLD = -200.0
-MR_MAX_HU_AIR_FRACTION = 0.05
-"""An "MR" with more than this fraction of voxels below MR_HU_AIR_THRESHOLD has Hounsfield-unit air: it is a CT
-(MR intensities are not negative), and is dropped."""
-
-
-def check_not_a_ct(mr: sitk.Image, path: Path) -> None:
-    """Refuse (InputError) an MR whose histogram is a CT's: air at about -1000 HU."""
-    values = sitk.GetArrayViewFromImage(mr)
-    fraction = float(np.count_nonzero(values < MR_HU_AIR_THRESHOLD)) / values.size
-    if fraction > MR_MAX_HU_AIR_FRACTION:
-        raise InputError(path, f"T1 MR looks like a CT ({fraction:.0%} of its voxels are below "
-                               f"{MR_HU_AIR_THRESHOLD:g}, Hounsfield-unit air)")
-
-
-def _format_metrics(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.3g}" for k, v in metrics.items())
-
-
-def to_label_image(labels: np.ndarray, ct: sitk.Image) -> sitk.Image:
-    """The label array as a uint8 image carrying the CT's exact size, spacing, origin and direction."""
-    if labels.dtype != np.uint8 or labels.shape != sitk.GetArrayViewFromImage(ct).shape:
-        raise AssertionError(f"label map {labels.dtype} {labels.shape} does not match the CT")
-    if labels.max(initial=0) > MAX_LABEL:
-        raise AssertionError(f"label value {labels.max()} outside 0..{MAX_LABEL}")
-    image = sitk.GetImageFromArray(labels)
-    image.CopyInformation(ct)
-    return image
-
-
-def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions) -> None:  # noqa: ANN001
-    """Segment one case and write its label map atomically to ``output_path``.
-
-    A previous file at ``output_path`` is removed first (a failed run leaves no stale result), the output name
-    is checked before inference, the network input is checked finite, and a map with no or few OARs is
-    logged as a warning (:func:`warn_if_few_oars`).
-    """
-    start = time.perf_counter()
-    log.info("case %s: CT %s, MR %s", case.case_id, case.ct_path, case.mr_path or "none")
-    prepare_output(output_path)
-    ct = read_scan(case.ct_path, "CT")
-    check_model_grid(ct, case.ct_path, predictor.model)
-    oriented = ct
-    if options.reorient:
-        oriented = reorient(ct, predictor.model.orientation)
-        if oriented is not ct:
-            log.info("CT stored in %s orientation: permuted to the model's %s for prediction, labels permuted back",
-                     orientation_of(ct), predictor.model.orientation)
-    channels = prepare_channels(case, oriented, predictor.model.mr_channel, predictor.model.num_input_channels)
-    preprocessed = predictor.preprocess(channel_arrays(channels), oriented.GetSpacing())
-    if not torch_all_finite(preprocessed.data):
-        raise InputError(case.ct_path, "the network input is not finite after preprocessing (NaN/inf)")
-    mr_on_ct = channels[1] if options.qa_dir is not None and len(channels) > 1 else None
-    del channels  # the registered MR (0.8 GB on a HaN-Seg CT) is not needed for the ensemble and export
-    labels = predictor.predict_preprocessed(preprocessed)
-    del preprocessed
-    labels = split_left_right(labels, oriented, predictor.lateral_splits)
-    image = to_label_image(labels_to_original_orientation(labels, oriented, ct), ct)
-    write_image_atomic(image, output_path)
-    if options.qa_dir is not None:
-        write_case_qa(case, oriented, to_label_image(labels, oriented), mr_on_ct, options.qa_dir)
-    n_oars = int((np.bincount(labels.ravel(), minlength=MAX_LABEL + 1)[1:] > 0).sum())
-    log.info("case %s done in %.1f s: %d OARs labelled -> %s", case.case_id, time.perf_counter() - start, n_oars,
-             output_path)
-    warn_if_few_oars(case, n_oars, predictor.model.num_classes - 1)
-
-
-MIN_OAR_FRACTION = 0.25
-"""A map labelling fewer than this fraction of the model's OARs gets a warning (exit code unchanged)."""
-
-
-def warn_if_few_oars(case: CaseInputs, n_oars: int, model_oars: int) -> bool:
-    """Log a warning naming the likely causes when the map has no OAR or far fewer than the model's count.
-
-    Decision (README "Empty or sparse maps"): the map is still written and the exit code stays 0; an empty map is
-    a valid answer for a scan that does not show the head and neck, and the warning is what a reviewer sees.
-    Returns True if it warned."""
-    if n_oars >= max(1, MIN_OAR_FRACTION * model_oars):
-        return False
-    log.warning("case %s: only %d of the model's %d OARs labelled%s; likely causes: the CT does not cover the head "
-                "and neck, is not in Hounsfield units, or is noise / a phantom; check the map before use",
-                case.case_id, n_oars, model_oars, " (empty map)" if n_oars == 0 else "")
-    return True
-
-
-def torch_all_finite(tensor) -> bool:  # noqa: ANN001 - a torch.Tensor; torch is imported lazily
-    import torch
-
-    return bool(torch.isfinite(tensor).all())
-
-
-def check_model_grid(ct: sitk.Image, path: Path, model) -> None:  # noqa: ANN001 - model.model_folder.ModelFolder
-    """Refuse, before resampling, a CT whose model-grid working set exceeds ``MAX_MODEL_GRID_GIB``."""
-    from preprocessing.preprocess import MAX_MODEL_GRID_GIB, model_grid_gib, model_grid_shape
-
-    shape = model_grid_shape(sitk.GetArrayViewFromImage(ct).shape, ct.GetSpacing(), model)
-    gib = model_grid_gib(shape, model)
-    if gib > MAX_MODEL_GRID_GIB:
-        raise InputError(path, f"on the model's grid (spacing {model.configuration.spacing} mm) this CT would be "
-                               f"{' x '.join(map(str, shape))} voxels, about {gib:.1f} GiB; at most "
-                               f"{MAX_MODEL_GRID_GIB:g} GiB")
-
-
-def prepare_output(output_path: Path) -> None:
-    """Before inference: the output name fits the file system and the folder is writable; a previous result of
-    the same name and stale ``.partial`` files of an interrupted run (SIGKILL) are removed."""
-    from contract.output_state import check_output_name, remove_stale_partials
-
-    check_output_name(output_path)
-    remove_stale_partials(output_path.parent)
-    if output_path.is_file() or output_path.is_symlink():
-        log.info("removing the previous result %s", output_path)
-        try:
-            output_path.unlink()
-        except OSError as err:
-            raise OutputError(output_path, f"cannot remove the previous result ({err.strerror or err})") from None
-
-
-def write_case_qa(case: CaseInputs, ct: sitk.Image, labels: sitk.Image, mr_on_ct: sitk.Image | None,
-                  qa_dir: Path) -> None:
-    """Quality-control PNG and per-OAR volumes for one case (the MR row shows the registered MR, if any); ``ct``,
-    ``labels`` and ``mr_on_ct`` on the grid the model saw (the CT in the model's orientation)."""
-    from evaluation.qa import write_qa
-
-    try:
-        written = write_qa(ct, labels, qa_dir, case.case_id, mr=mr_on_ct)
-    except ValueError as err:
-        raise OutputError(qa_dir, f"cannot make the QA picture of case {case.case_id} ({err})") from None
-    log.info("QA: %s", ", ".join(str(p) for p in written))
-
-
-def build_predictor(options: RunOptions):  # noqa: ANN201 - imported lazily to keep --help fast
-    from model.device import select_device
-    from model.model_folder import load_model_folder
-    from model.predictor import Predictor, PredictorOptions
-
-    model = load_model_folder(options.model_dir, list(options.folds) if options.folds else None,
-                              trust_model=options.trust_model)
-    predictor = Predictor(
-        model,
-        select_device(options.device),
-        PredictorOptions(use_mirroring=options.use_mirroring, tile_step=options.tile_step,
-                         progress=options.progress, fast=options.fast, time_budget=options.time_budget),
-    )
-    if options.threads:  # after the predictor, which defaults to every available core
-        import torch
-
-        torch.set_num_threads(options.threads)
-        log.info("CPU threads: %d", options.threads)
-    return predictor
-
-
-def run(input_root: Path, output_root: Path, options: RunOptions) -> int:
+def run(input_root: Path, output_root: Path, options: Settings, dataset: DatasetOptions | None = None) -> int:
     """Process the input root in folder or dataset mode. Returns the exit code."""
     if not input_root.is_dir():
         raise InputError(input_root, "input folder does not exist")
     check_output_not_in_input(input_root, output_root)
     if is_dataset_root(input_root):
-        return run_dataset(input_root, output_root, options)
+        return run_dataset(input_root, output_root, options, dataset or DatasetOptions())
+    if dataset is not None and dataset != DatasetOptions():
+        raise ValueError(f"{input_root}: --engine, --shard, --retry-failed and --force apply to dataset mode only "
+                         "(a folder of case_XX/ folders)")
     case = find_folder_case(input_root)
     output_path = output_root / OUTPUT_FOLDER / f"{case.case_id}.mha"
     check_output_name(output_path)
     check_single_image_folder(output_path.parent, output_path.name)
-    run_case(case, output_path, build_predictor(options), options)
+    run_case(case, output_path, build_predictor(options), options, first_case_deadline(options))
     return EXIT_OK
 
 
-def run_dataset(input_root: Path, output_root: Path, options: RunOptions) -> int:
-    """Every case folder under ``input_root``: finish all that can be done, report the others."""
-    cases, failed = find_dataset_cases(input_root)
-    log.info("dataset mode: %d cases under %s", len(cases), input_root)
-    predictor = build_predictor(options) if cases else None
-    written = 0
-    for case in cases:
-        try:
-            run_case(case, output_root / f"{case.case_id}.mha", predictor, options)
-            written += 1
-        except (InputError, OutputError) as err:
-            log.error("case %s failed: %s", case.case_id, err)
-            failed.append((case.ct_path.parent, err))
-    log.info("dataset mode: %d of %d cases written to %s", written, written + len(failed), output_root)
-    for folder, err in failed:
-        print(f"error: case {folder.name}: {err}", file=sys.stderr)
-    return EXIT_INPUT if failed else EXIT_OK
+def run_dataset(input_root: Path, output_root: Path, options: Settings, dataset: DatasetOptions) -> int:
+    """Every case folder under ``input_root`` (:mod:`cohort`): the manifest in ``output_root`` lets a rerun skip
+    finished cases; every failure is recorded and the run goes on; the summary groups the failures."""
+    from cohort.job import CohortJob, RunnerSpec, model_identity, software_version
+    from cohort.run import run_cohort
+
+    case_options = replace(options, progress=False)  # the cohort shows one bar over the cases
+    if dataset.engine.kind == "ray":  # one thread per CPU of the actor unless --threads says otherwise
+        case_options = replace(case_options, threads=options.threads or dataset.engine.cpus_per_worker)
+    facts = {
+        "software": software_version(),
+        "model": model_identity(options.model_dir, list(options.folds) if options.folds else None),
+        "settings": {"device": options.device, "use_mirroring": options.use_mirroring, "tile_step": options.tile_step,
+                     "fast": options.fast, "time_budget": options.time_budget, "reorient": options.reorient},
+    }
+    runner = RunnerSpec("cohort.case_files:build_case_runner", asdict(case_options))
+    job = CohortJob(input_root, output_root, runner, facts, options=dataset, progress=options.progress)
+    summary = run_cohort(job)
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    return summary.exit_code()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -398,24 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name in os.environ and not os.environ[name].strip():
             print(f"error: {name} is set but empty (unset it for the default, or name a folder)", file=sys.stderr)
             return EXIT_INPUT
-    input_root = args.input or Path(os.environ.get("HANSEG_INPUT_DIR", "/input"))
-    output_root = args.output or Path(os.environ.get("HANSEG_OUTPUT_DIR", "/output"))
-    options = RunOptions(
-        model_dir=resolve_model_dir(args.model),
-        device=args.device,
-        folds=tuple(args.folds) if args.folds else None,
-        use_mirroring=not args.no_tta,
-        tile_step=args.tile_step,
-        qa_dir=args.qa,
-        threads=args.threads,
-        progress=not args.no_progress,
-        fast=args.fast,
-        time_budget=args.time_budget,
-        reorient=not args.as_stored,
-        trust_model=args.trust_model,
-    )
     try:
-        return run(input_root, output_root, options)
+        options = settings_from_args(args)
+        dataset = dataset_options_from_args(args)
+        apply_threads(options.threads)
+        return run(options.input_root, options.output_root, options, dataset)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INPUT
@@ -425,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelFolderError as err:
         print(f"error: model folder: {err}", file=sys.stderr)
         return EXIT_MODEL
-    except ValueError as err:  # a usage error, e.g. --device cuda on a machine without CUDA
+    except ValueError as err:  # a usage error (SettingsError names the flag or variable; --device cuda without CUDA)
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INPUT
     except (Interrupted, KeyboardInterrupt) as err:

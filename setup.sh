@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install what the project needs, from scratch, on a fresh machine.
 #   ./setup.sh            inference only (process.py)
-#   ./setup.sh --test     + evaluation, nnU-Net (for side-by-side tests), pytest, ruff, hadolint
+#   ./setup.sh --test     + evaluation, nnU-Net (for side-by-side tests), Ray (cohort engine), pytest, ruff, hadolint
 #   ./setup.sh --train    + nnU-Net training, with this project's trainers registered in it
 # VENV=path overrides the location. Every pip call passes constraints.txt so the CPU torch wheel stays.
 set -euo pipefail
@@ -21,7 +21,7 @@ if [ -n "$mode" ]; then
   "$VENV/bin/python" -m training.install_trainers
 fi
 if [ "$mode" = "--test" ]; then
-  "${pip[@]}" -c constraints.txt -r requirements-eval.txt -r requirements-test.txt
+  "${pip[@]}" -c constraints.txt -r requirements-eval.txt -r requirements-test.txt -r requirements-ray.txt
 fi
 # nothing above may have swapped the pinned CPU torch for another build
 "$VENV/bin/python" - <<'PY'

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from contract.errors import InputError, OutputError
-from contract.output_state import PARTIAL_MARK, PARTIAL_PREFIX, file_mode
+from contract.atomic import write_atomic
+from contract.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -149,19 +148,30 @@ def check_header(reader: sitk.ImageFileReader, path: str | Path, role: str = "im
 
 
 def read_scan(path: str | Path, role: str) -> sitk.Image:
-    """Read a patient scan given to the algorithm (CT or MR): :func:`read_image`, plus a plausible geometry
-    (:func:`check_extent`, :func:`check_scan_geometry`), for a CT a pixel type that holds HU
-    (:func:`check_ct_pixel_type`), and usable intensities (:func:`repair_intensities`)."""
-    image = read_image(path, role)
+    """Read a patient scan given to the algorithm (CT or MR): :func:`read_image`, then :func:`validate_scan`."""
+    return validate_scan(read_image(path, role), path, role)
+
+
+def validate_scan(image: sitk.Image, path: str | Path | None, role: str) -> sitk.Image:
+    """The one validator of a patient scan, read from a file or given in memory: :func:`check_image` (3-D,
+    scalar, spacing, orthonormal direction), a plausible geometry (:func:`check_scan_geometry`), for a CT a pixel
+    type that holds HU (:func:`check_ct_pixel_type`) and usable intensities (:func:`repair_intensities`).
+    ``path`` names the image in messages (None: in memory).
+
+    Returns:
+        the image, or a copy with a few non-finite voxels repaired.
+    """
+    check_image(image, path, role)
     check_scan_geometry(image, path, role)
     if role == "CT":
         check_ct_pixel_type(image, path)
     return repair_intensities(image, path, role)
 
 
-def check_scan_geometry(image: sitk.Image, path: str | Path, role: str) -> None:
+def check_scan_geometry(image: sitk.Image, path: str | Path | None, role: str) -> None:
     """At least ``MIN_VOXELS_PER_AXIS`` voxels and ``MIN_EXTENT_MM`` per axis, and a TIFF's spacing stated."""
-    if image_extension(path) in (".tif", ".tiff") and np.allclose(image.GetSpacing(), 1.0, rtol=0, atol=1e-6):
+    if (path is not None and image_extension(path) in (".tif", ".tiff")
+            and np.allclose(image.GetSpacing(), 1.0, rtol=0, atol=1e-6)):
         raise InputError(path, f"{role} is a TIFF without a stated voxel spacing (the reader's default 1 x 1 x 1 "
                                "mm); convert it to .mha / .nrrd / .nii.gz with its real spacing")
     check_extent(image, path, role)
@@ -170,7 +180,7 @@ def check_scan_geometry(image: sitk.Image, path: str | Path, role: str) -> None:
                                "per axis")
 
 
-def check_ct_pixel_type(image: sitk.Image, path: str | Path) -> None:
+def check_ct_pixel_type(image: sitk.Image, path: str | Path | None) -> None:
     """Refuse a CT whose pixel type cannot hold Hounsfield units (see :data:`CT_PIXEL_TYPES`)."""
     if image.GetPixelID() not in CT_PIXEL_TYPES:
         dtype = sitk.GetArrayViewFromImage(image).dtype.name
@@ -178,7 +188,7 @@ def check_ct_pixel_type(image: sitk.Image, path: str | Path) -> None:
                                "(-1024 .. 3071) and the header gives no rescale to HU; store it as int16 or float")
 
 
-def check_image(image: sitk.Image, path: str | Path, role: str = "image") -> None:
+def check_image(image: sitk.Image, path: str | Path | None, role: str = "image") -> None:
     """Validate an already-read image (see :func:`read_image` for the rules)."""
     if image.GetDimension() != 3:
         raise InputError(path, f"{role} must be a 3-D image, got {image.GetDimension()}-D size {image.GetSize()}")
@@ -202,42 +212,18 @@ def check_image(image: sitk.Image, path: str | Path, role: str = "image") -> Non
 
 
 def write_image_atomic(image: sitk.Image, path: str | Path, compress: bool = True) -> None:
-    """Write ``image`` to ``path`` so that ``path`` either holds the complete file or does not exist.
-
-    The image is written to a hidden temporary file in the same folder, then renamed over ``path``
-    (atomic on POSIX within one filesystem). On any failure the temporary file is removed.
+    """Write ``image`` to ``path`` so that ``path`` either holds the complete file or does not exist
+    (:func:`contract.atomic.write_atomic`).
 
     Raises:
-        OutputError: naming ``path`` if the folder cannot be created or written (permissions, full disk).
+        OutputError: naming ``path`` (or its folder) if the folder cannot be created or written (permissions,
+            full disk).
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(path.parent, f"cannot create output folder ({err.strerror or err})") from None
-    suffix = image_extension(path) or ".mha"
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=f"{PARTIAL_MARK}{suffix}", dir=path.parent)
-    except OSError as err:
-        raise OutputError(path.parent, f"output folder is not writable ({err.strerror or err})") from None
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp_name, useCompression=compress)
-        os.chmod(tmp_name, file_mode())  # mkstemp's 0600 would hide the map from other users
-        with open(tmp_name, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except (RuntimeError, OSError) as err:
-        Path(tmp_name).unlink(missing_ok=True)
-        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise OutputError(path, f"cannot write output image ({message[:200]})") from None
-    except BaseException:  # SIGTERM/SIGINT (contract.output_state.Interrupted), KeyboardInterrupt
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=compress), what="output image")
     log.info("wrote %s", path)
 
 
-def check_extent(image: sitk.Image, path: str | Path, role: str = "image") -> None:
+def check_extent(image: sitk.Image, path: str | Path | None, role: str = "image") -> None:
     """Refuse a scan smaller than ``MIN_EXTENT_MM`` along any axis (physical size = voxels x spacing)."""
     extent = np.asarray(image.GetSpacing()) * np.asarray(image.GetSize())
     if np.any(extent < MIN_EXTENT_MM):
@@ -245,7 +231,8 @@ def check_extent(image: sitk.Image, path: str | Path, role: str = "image") -> No
         raise InputError(path, f"{role} covers only {covered} mm (x, y, z); at least {MIN_EXTENT_MM} mm per axis")
 
 
-def repair_intensities(image: sitk.Image, path: str | Path, role: str = "image", repair: bool = True) -> sitk.Image:
+def repair_intensities(image: sitk.Image, path: str | Path | None, role: str = "image",
+                       repair: bool = True) -> sitk.Image:
     """Refuse images without usable intensities; repair a few non-finite voxels.
 
     Non-finite voxels (float images only) are NaN, inf, and values beyond the float32 range (they become inf in

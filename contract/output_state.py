@@ -1,9 +1,9 @@
 """The output folder's state is deliberate: checked before inference, cleaned of what an interrupted run left.
 
 - The output name must fit the file system (checked before the minutes of inference, not after).
-- Temporary files of the atomic writer are ``.hanseg-<random>.partial<ext>``: short whatever the case name, and
-  recognisable, so that those a SIGKILL left behind are removed at the next start (SIGTERM/SIGINT remove their
-  own: see :func:`install_signal_handlers`).
+- Temporary files of the atomic writer are ``.<name, cut to 100 chars>.<random>.partial<ext>``: short enough
+  whatever the case name, and recognisable, so that those a SIGKILL left behind are removed at the next start
+  (SIGTERM/SIGINT remove their own: see :func:`install_signal_handlers`).
 - The platform output folder holds exactly one image: another image already there is an error (nothing of the
   user's is deleted); the output may not lie inside the input.
 - Files get the normal permissions the umask gives (``mkstemp`` alone would make them 0600).
@@ -21,9 +21,8 @@ from contract.errors import OutputError
 
 log = logging.getLogger(__name__)
 
-PARTIAL_PREFIX = ".hanseg-"
 PARTIAL_MARK = ".partial"
-"""Temporary output files are named ``PARTIAL_PREFIX + random + PARTIAL_MARK + extension``."""
+"""Temporary output files (contract.atomic) are hidden and carry this mark: ``.<name>.<random>.partial<ext>``."""
 DEFAULT_NAME_MAX = 255
 
 
@@ -76,7 +75,7 @@ def remove_stale_partials(folder: Path) -> list[Path]:
     removed = []
     if folder.is_dir():
         for entry in folder.iterdir():
-            if entry.name.startswith(PARTIAL_PREFIX) and PARTIAL_MARK in entry.name and entry.is_file():
+            if is_partial(entry) and entry.is_file():
                 entry.unlink(missing_ok=True)
                 removed.append(entry)
     if removed:
@@ -85,7 +84,7 @@ def remove_stale_partials(folder: Path) -> list[Path]:
 
 
 def is_partial(path: Path) -> bool:
-    return path.name.startswith(PARTIAL_PREFIX) and PARTIAL_MARK in path.name
+    return path.name.startswith(".") and PARTIAL_MARK in path.name
 
 
 def check_output_not_in_input(input_root: Path, output_root: Path) -> None:

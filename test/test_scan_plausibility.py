@@ -16,7 +16,6 @@ import SimpleITK as sitk
 
 from contract.errors import InputError
 from contract.imageio import read_scan
-from contract.inputs import CaseInputs
 from test.test_process import assert_failed_cleanly, make_case
 
 
@@ -125,9 +124,9 @@ def test_unusable_mr_gives_exactly_the_ct_only_prediction(make_mr, warning, real
 
 
 def test_empty_or_sparse_map_is_a_warning(caplog):
-    from process import warn_if_few_oars
+    from hanseg.api import warn_if_few_oars
 
-    case = CaseInputs("c", Path("ct.mha"), None)
+    case = "c"
     with caplog.at_level(logging.WARNING, logger="process"):
         assert warn_if_few_oars(case, 0, 30)
         assert "only 0 of the model's 30 OARs labelled (empty map)" in caplog.text
