@@ -4,13 +4,22 @@ inference. Signal handlers and the environment are restored afterwards."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import runpy
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+
+@functools.cache
+def _process_main():  # noqa: ANN202
+    """process.main, loaded from the file (the command line is the top of the stack: nothing imports it as a
+    module, test/test_layout.py)."""
+    return runpy.run_path(str(Path(__file__).resolve().parents[1] / "process.py"), run_name="process_inprocess")["main"]
 
 
 @dataclass(frozen=True)
@@ -22,8 +31,7 @@ class Result:
 
 def run_main(capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, *args: str | Path,
              env: dict[str, str] | None = None) -> Result:
-    import process
-
+    main = _process_main()
     saved_env = dict(os.environ)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     os.environ.update(env or {})
@@ -31,7 +39,7 @@ def run_main(capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, *a
     caplog.clear()
     try:
         with caplog.at_level(logging.INFO):
-            code = process.main([*map(str, args), "--no-progress"])
+            code = main([*map(str, args), "--no-progress"])
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
