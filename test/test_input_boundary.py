@@ -20,8 +20,8 @@ import SimpleITK as sitk
 
 from contract.errors import InputError
 from contract.inputs import find_folder_case
+from devkit.make_test_model import make_test_model
 from test.conftest import REPO
-from test.make_test_model import make_test_model
 from test.test_process import assert_failed_cleanly, make_case, run_process
 
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from contract.errors import ModelFolderError
+from devkit.make_test_model import make_test_model
 from model.model_folder import load_model_folder
 from model.network import build_network, locate
-from test.make_test_model import make_test_model
 from test.test_process import make_case, run_process
 
 
