@@ -233,7 +233,7 @@ def _all_finite(tensor: Any) -> bool:
 
 def check_model_grid(ct: sitk.Image, ct_source: str | None, model: Any) -> None:
     """Refuse, before resampling, a CT whose model-grid working set exceeds ``MAX_MODEL_GRID_GIB``."""
-    from preprocessing.preprocess import MAX_MODEL_GRID_GIB, model_grid_gib, model_grid_shape
+    from model.preprocess import MAX_MODEL_GRID_GIB, model_grid_gib, model_grid_shape
 
     shape = model_grid_shape(sitk.GetArrayViewFromImage(ct).shape, ct.GetSpacing(), model)
     gib = model_grid_gib(shape, model)
