@@ -6,6 +6,10 @@ Modes:
     python process.py --input DIR --output DIR        local, same layout under DIR (images/ct, images/t1-mri)
     python process.py --input DATASET --output DIR    dataset: DATASET/case_XX/case_XX_IMG_CT.nrrd (+ _IMG_MR_T1),
                                                       one map per case as DIR/case_XX.mha
+    python process.py --input STUDY --output DIR      DICOM: a folder (any depth) or .zip of DICOM files, or a
+                                                      folder of such studies (dicom_io.cases); --output-type
+                                                      mha,rtstruct,dicom-seg adds DIR/dicom/<case>/RTSTRUCT.dcm,
+                                                      SEG.dcm (dicom_io.outputs)
 
 Data path per case: read and check the images (contract.imageio) -> permute/flip the CT to the model's training
 orientation (preprocessing.orientation) -> register the MR to the CT and check the result
@@ -19,6 +23,7 @@ Exit codes: 0 success; 2 bad input; 3 output not writable; 4 bad model folder; 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -62,6 +67,9 @@ class RunOptions:
     fast: bool = False
     time_budget: float | None = None
     reorient: bool = True
+    output_types: frozenset[str] = frozenset({"mha"})
+    ct_series: str | None = None
+    mr_series: str | None = None
 
 
 def resolve_model_dir(cli_value: Path | None) -> Path:
@@ -102,13 +110,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--as-stored", action="store_true",
                         help="feed the voxel arrays in their stored axis order, as nnU-Net does, instead of permuting "
                         "them to the model's training orientation (only for models trained on mixed orientations)")
+    parser.add_argument("--output-type", default="mha", metavar="TYPES",
+                        help="comma-separated outputs: mha (default, the platform contract), rtstruct, dicom-seg")
+    parser.add_argument("--ct-series", metavar="UID", help="DICOM input: SeriesInstanceUID of the CT to segment")
+    parser.add_argument("--mr-series", metavar="UID", help="DICOM input: SeriesInstanceUID of the T1 MR to use")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    try:
+        args.output_types = _parse_output_types(args.output_type)
+    except ValueError as err:
+        parser.error(str(err))
     if not 0 < args.tile_step <= 1:
         parser.error(f"--tile-step must be in (0, 1], got {args.tile_step}")
     if args.time_budget is not None and args.time_budget <= 0:
         parser.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
     return args
+
+
+def _parse_output_types(text: str) -> frozenset[str]:
+    if text.strip().lower() == "mha":
+        return frozenset({"mha"})
+    from dicom_io.outputs import parse_output_types
+
+    return parse_output_types(text)
 
 
 def _env_float(name: str) -> float | None:
@@ -194,8 +218,8 @@ def to_label_image(labels: np.ndarray, ct: sitk.Image) -> sitk.Image:
     return image
 
 
-def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions) -> None:  # noqa: ANN001
-    """Segment one case and write its label map atomically to ``output_path``."""
+def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions) -> sitk.Image:  # noqa: ANN001
+    """Segment one case and write its label map atomically to ``output_path``; returns the label map."""
     start = time.perf_counter()
     log.info("case %s: CT %s, MR %s", case.case_id, case.ct_path, case.mr_path or "none")
     ct = read_scan(case.ct_path, "CT")
@@ -218,6 +242,35 @@ def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions
     n_oars = int((np.bincount(labels.ravel(), minlength=MAX_LABEL + 1)[1:] > 0).sum())
     log.info("case %s done in %.1f s: %d OARs labelled -> %s", case.case_id, time.perf_counter() - start, n_oars,
              output_path)
+    return image
+
+
+def run_case_outputs(case: CaseInputs, output_path: Path, predictor, options: RunOptions,  # noqa: ANN001
+                     output_root: Path, ct_headers: list | None = None) -> None:
+    """:func:`run_case`, then the DICOM outputs ``--output-type`` asks for (``dicom_io.outputs``): the .mha is
+    moved to ``output_path`` only after they are written, and only if ``mha`` was asked for."""
+    if options.output_types == frozenset({"mha"}):
+        run_case(case, output_path, predictor, options)
+        return
+    from dicom_io.outputs import case_dicom_folder, write_dicom_outputs
+    from dicom_io.provenance import provenance_for
+
+    staged = output_path.with_name(f".staged-{output_path.name}")
+    dicom_folder = case_dicom_folder(output_root, case.case_id)
+    created = [d for d in (output_path.parent, output_path.parent.parent, dicom_folder.parent) if not d.exists()]
+    try:
+        labels = run_case(case, staged, predictor, options)
+        write_dicom_outputs(labels, read_scan(case.ct_path, "CT"), ct_headers, dicom_folder, options.output_types,
+                            provenance_for(options.model_dir), case.case_id)
+        if "mha" in options.output_types:
+            os.replace(staged, output_path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        for folder in sorted(created, key=lambda d: len(d.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: nothing of this case is left behind
+        raise
+    staged.unlink(missing_ok=True)
 
 
 def write_case_qa(case: CaseInputs, ct: sitk.Image, labels: sitk.Image, mr_on_ct: sitk.Image | None,
@@ -255,14 +308,62 @@ def build_predictor(options: RunOptions):  # noqa: ANN201 - imported lazily to k
 
 def run(input_root: Path, output_root: Path, options: RunOptions) -> int:
     """Process the input root in folder or dataset mode. Returns the exit code."""
+    if _is_dicom_input(input_root):
+        return run_dicom(input_root, output_root, options)
     if not input_root.is_dir():
         raise InputError(input_root, "input folder does not exist")
     if is_dataset_root(input_root):
         return run_dataset(input_root, output_root, options)
     case = find_folder_case(input_root)
     output_path = output_root / OUTPUT_FOLDER / f"{case.case_id}.mha"
-    run_case(case, output_path, build_predictor(options), options)
+    run_case_outputs(case, output_path, build_predictor(options), options, output_root)
     return EXIT_OK
+
+
+def _is_dicom_input(input_root: Path) -> bool:
+    if input_root.suffix.lower() != ".zip" and (not input_root.is_dir() or (input_root / "images").is_dir()
+                                                or is_dataset_root(input_root)):
+        return False
+    from dicom_io.discovery import is_dicom_input
+
+    return is_dicom_input(input_root)
+
+
+def run_dicom(input_root: Path, output_root: Path, options: RunOptions) -> int:
+    """DICOM input (``dicom_io``): one study (folder or .zip), or a folder of studies (like dataset mode)."""
+    from dicom_io.cases import dataset_studies
+
+    studies = dataset_studies(input_root)
+    if studies is None:
+        run_dicom_study(input_root, output_root / OUTPUT_FOLDER, output_root, build_predictor(options), options)
+        return EXIT_OK
+    log.info("DICOM dataset mode: %d studies under %s", len(studies), input_root)
+    predictor, failed = build_predictor(options), []
+    for study in studies:
+        try:
+            run_dicom_study(study, output_root, output_root, predictor, options)
+        except (InputError, OutputError) as err:
+            log.error("study %s failed: %s", study.name, err)
+            failed.append((study, err))
+    for study, err in failed:
+        print(f"error: case {study.name}: {err}", file=sys.stderr)
+    return EXIT_INPUT if failed else EXIT_OK
+
+
+def run_dicom_study(study_path: Path, mha_folder: Path, output_root: Path, predictor,  # noqa: ANN001
+                    options: RunOptions) -> None:
+    """Choose and check the study's CT / MR series, read them, and run the case with DICOM references."""
+    import tempfile
+
+    from dicom_io.cases import case_id_of, materialise
+    from dicom_io.discovery import choose_series, opened_input, scan_series
+
+    with opened_input(study_path) as root, tempfile.TemporaryDirectory(prefix="hanseg-case-") as tmp:
+        study = choose_series(scan_series(root, shown_as=study_path if root != study_path else None), study_path,
+                              options.ct_series, options.mr_series, case_id=case_id_of(study_path))
+        case = materialise(study, Path(tmp))
+        run_case_outputs(case, mha_folder / f"{case.case_id}.mha", predictor, options, output_root,
+                         ct_headers=study.ct.headers)
 
 
 def run_dataset(input_root: Path, output_root: Path, options: RunOptions) -> int:
@@ -273,7 +374,7 @@ def run_dataset(input_root: Path, output_root: Path, options: RunOptions) -> int
     written = 0
     for case in cases:
         try:
-            run_case(case, output_root / f"{case.case_id}.mha", predictor, options)
+            run_case_outputs(case, output_root / f"{case.case_id}.mha", predictor, options, output_root)
             written += 1
         except (InputError, OutputError) as err:
             log.error("case %s failed: %s", case.case_id, err)
@@ -305,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fast=args.fast,
         time_budget=args.time_budget,
         reorient=not args.as_stored,
+        output_types=args.output_types,
+        ct_series=args.ct_series,
+        mr_series=args.mr_series,
     )
     try:
         return run(input_root, output_root, options)

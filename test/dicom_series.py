@@ -1,0 +1,84 @@
+"""Test DICOM series made from the shared OpenKBP CTs (and head MRs) with SimpleITK's series writer.
+
+This is deliberately NOT the project's own writer (``dicom_io.ct_writer``): it follows SimpleITK's documented
+"DicomSeriesFromArray" recipe directly (extract slice k, tag it, ``ImageFileWriter`` with
+``KeepOriginalImageUID``), so a bug in our writer cannot hide the same bug in our reader. ITK's GDCM writer
+stores ``value - RescaleIntercept`` when a RescaleIntercept tag is set, so a non-zero intercept really changes the
+stored pixel values. Variants: any patient orientation (the image's direction matrix; must be a proper rotation,
+det +1, as DICOM's slice normal is row x column), files and InstanceNumbers in reversed slice order, a rescale
+intercept, a gantry tilt (slice positions sheared along the column direction, GantryDetectorTilt set), and
+dropped slices.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from pydicom.uid import generate_uid
+
+SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
+
+
+def coronal(ct: sitk.Image) -> sitk.Image:
+    """The same voxels stored as coronal slices (x, z, -y), exactly (no interpolation): a non-axial series."""
+    permuted = sitk.PermuteAxes(ct, [0, 2, 1])
+    return sitk.Flip(permuted, [False, False, True])
+
+
+def write_series(image: sitk.Image, folder: Path, *, modality: str = "CT", description: str = "CT",
+                 intercept: float = 0.0, reverse_order: bool = False, tilt_deg: float = 0.0,
+                 drop: Iterable[int] = (), study_uid: str | None = None, frame_uid: str | None = None,
+                 patient_id: str = "OPENKBP-TEST") -> list[Path]:
+    """Write ``image`` (HU for CT) as a single-frame DICOM series in ``folder``; returns the files written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    assert np.linalg.det(direction) > 0, "DICOM needs a right-handed (row, column, normal) frame"
+    values = sitk.GetArrayFromImage(image)
+    pixels = sitk.GetImageFromArray(np.rint(values).astype(np.int16))
+    pixels.CopyInformation(image)
+    spacing = image.GetSpacing()
+    today = dt.date.today().strftime("%Y%m%d")
+    tags = {
+        "0008|0016": SOP_CLASSES[modality], "0008|0060": modality, "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
+        "0008|0020": today, "0008|0030": "120000", "0008|0050": "ACC1", "0008|0090": "Test^Referrer",
+        "0008|0070": "SimpleITK test writer", "0008|103e": description, "0008|1030": "OpenKBP head and neck",
+        "0010|0010": "OpenKBP^Test", "0010|0020": patient_id, "0010|0030": "19700101", "0010|0040": "O",
+        "0020|000d": study_uid or generate_uid(), "0020|000e": generate_uid(), "0020|0052": frame_uid or generate_uid(),
+        "0020|0010": "1", "0020|0011": "3", "0020|1040": "",
+        "0020|0037": "\\".join(f"{v:.10g}" for v in np.concatenate([direction[:, 0], direction[:, 1]])),
+        "0028|0030": f"{spacing[1]:.10g}\\{spacing[0]:.10g}", "0018|0050": f"{spacing[2]:.10g}",
+        "0028|1052": f"{intercept:g}", "0028|1053": "1", "0028|1054": "HU" if modality == "CT" else "US",
+        "0018|0060": "120", "0020|0012": "1", "0018|5100": "HFS", "0020|0060": "",
+    }
+    if modality == "MR":
+        for tag in ("0028|1054", "0018|0060"):
+            tags.pop(tag)
+    if tilt_deg:
+        tags["0018|1120"] = f"{tilt_deg:g}"
+    n = image.GetSize()[2]
+    shear = math.tan(math.radians(tilt_deg)) * spacing[2]
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    dropped = set(drop)
+    paths = []
+    for k in range(n):
+        if k in dropped:
+            continue
+        number = n - k if reverse_order else k + 1
+        plane = pixels[:, :, k]
+        for tag, value in tags.items():
+            plane.SetMetaData(tag, value)
+        position = np.asarray(image.TransformIndexToPhysicalPoint((0, 0, k))) + k * shear * direction[:, 1]
+        plane.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
+        plane.SetMetaData("0020|0013", str(number))
+        plane.SetMetaData("0008|0018", generate_uid())
+        path = folder / f"IM{number:04d}.dcm"
+        writer.SetFileName(str(path))
+        writer.Execute(plane)
+        paths.append(path)
+    return paths
