@@ -333,12 +333,19 @@ def run_dicom(input_root: Path, output_root: Path, options: RunOptions) -> int:
     """DICOM input (``dicom_io``): one study (folder or .zip), or a folder of studies (like dataset mode)."""
     from dicom_io.cases import dataset_studies
 
+    predictors: list = []
+
+    def predictor():  # noqa: ANN202 - built once, after the first study's series passed their checks
+        if not predictors:
+            predictors.append(build_predictor(options))
+        return predictors[0]
+
     studies = dataset_studies(input_root)
     if studies is None:
-        run_dicom_study(input_root, output_root / OUTPUT_FOLDER, output_root, build_predictor(options), options)
+        run_dicom_study(input_root, output_root / OUTPUT_FOLDER, output_root, predictor, options)
         return EXIT_OK
     log.info("DICOM dataset mode: %d studies under %s", len(studies), input_root)
-    predictor, failed = build_predictor(options), []
+    failed = []
     for study in studies:
         try:
             run_dicom_study(study, output_root, output_root, predictor, options)
@@ -352,7 +359,8 @@ def run_dicom(input_root: Path, output_root: Path, options: RunOptions) -> int:
 
 def run_dicom_study(study_path: Path, mha_folder: Path, output_root: Path, predictor,  # noqa: ANN001
                     options: RunOptions) -> None:
-    """Choose and check the study's CT / MR series, read them, and run the case with DICOM references."""
+    """Choose and check the study's CT / MR series, read them, and run the case with DICOM references;
+    ``predictor()`` gives the predictor (so a bad study is refused before the model is loaded)."""
     import tempfile
 
     from dicom_io.cases import case_id_of, materialise
@@ -362,7 +370,7 @@ def run_dicom_study(study_path: Path, mha_folder: Path, output_root: Path, predi
         study = choose_series(scan_series(root, shown_as=study_path if root != study_path else None), study_path,
                               options.ct_series, options.mr_series, case_id=case_id_of(study_path))
         case = materialise(study, Path(tmp))
-        run_case_outputs(case, mha_folder / f"{case.case_id}.mha", predictor, options, output_root,
+        run_case_outputs(case, mha_folder / f"{case.case_id}.mha", predictor(), options, output_root,
                          ct_headers=study.ct.headers)
 
 

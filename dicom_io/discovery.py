@@ -178,8 +178,9 @@ def scan_series(root: Path, shown_as: Path | None = None) -> dict[str, DicomSeri
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as err:
+            first_sentence = str(err).split(". ")[0][:120]
             raise InputError(shown, f"corrupt or unreadable DICOM file ({type(err).__name__}: "
-                             f"{str(err)[:120]})") from None
+                             f"{first_sentence})") from None
         sop_class = str(getattr(ds, "SOPClassUID", ""))
         if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
             continue

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import shutil
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
@@ -82,3 +85,27 @@ def write_series(image: sitk.Image, folder: Path, *, modality: str = "CT", descr
         writer.Execute(plane)
         paths.append(path)
     return paths
+
+
+def require_tool(name: str) -> str:
+    """Path of an installed command-line tool; fails (not skips) when missing, so a missing install shows."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").is_file() else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run ./setup.sh --test (apt packages dicom3tools, plastimatch, orthanc)")
+    return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The ``Error`` lines of dicom3tools' ``dciodvfy`` on one file (an empty list = valid)."""
+    result = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=120)
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")]
+
+
+def plastimatch_masks(rtstruct: Path, ct_folder: Path, out: Path) -> dict[str, sitk.Image]:
+    """Rasterise an RTSTRUCT with plastimatch (an independent reader) on its CT series: ROI name -> mask."""
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([require_tool("plastimatch"), "convert", "--input", str(rtstruct), "--referenced-ct",
+                    str(ct_folder), "--output-prefix", str(out), "--prefix-format", "nrrd"],
+                   check=True, capture_output=True, timeout=300)
+    return {p.stem: sitk.ReadImage(str(p)) for p in sorted(out.glob("*.nrrd"))}
