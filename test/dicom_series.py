@@ -13,9 +13,13 @@ dropped slices.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -109,3 +113,71 @@ def plastimatch_masks(rtstruct: Path, ct_folder: Path, out: Path) -> dict[str, s
                     str(ct_folder), "--output-prefix", str(out), "--prefix-format", "nrrd"],
                    check=True, capture_output=True, timeout=300)
     return {p.stem: sitk.ReadImage(str(p)) for p in sorted(out.glob("*.nrrd"))}
+
+
+class OrthancServer:
+    """A real Orthanc (Debian package) on a loopback port with a temporary config and storage folder; REST only.
+
+    Started by :meth:`start`, stopped by :meth:`stop` (the process this object started, by its id).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = _free_loopback_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> OrthancServer:
+        storage = self.folder / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "hanseg-test", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+            "HttpPort": self.port, "HttpServerEnabled": True, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomServerEnabled": False, "Plugins": [], "LuaScripts": [],
+            "OrthancExplorerEnabled": False, "WebDavEnabled": False, "HttpCompressionEnabled": False,
+        }
+        (self.folder / "orthanc.json").write_text(json.dumps(config))
+        log = open(self.folder / "orthanc.log", "wb")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen([require_tool("Orthanc"), str(self.folder / "orthanc.json")],
+                                        stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited: {(self.folder / 'orthanc.log').read_text()[-2000:]}")
+            try:
+                self.get("/system")
+                return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"Orthanc did not answer on {self.url} within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=20)
+
+    def get(self, route: str) -> object:
+        with urllib.request.urlopen(self.url + route, timeout=30) as response:
+            return json.loads(response.read())
+
+    def download(self, route: str, path: Path) -> Path:
+        with urllib.request.urlopen(self.url + route, timeout=120) as response:
+            path.write_bytes(response.read())
+        return path
+
+    def upload(self, path: Path) -> dict:
+        request = urllib.request.Request(self.url + "/instances", data=path.read_bytes(), method="POST",
+                                         headers={"Content-Type": "application/dicom"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

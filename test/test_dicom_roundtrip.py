@@ -6,6 +6,7 @@ it on a coronal series, from .mha input (CT written as DICOM too) and in DICOM d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import process
 from contract.labels import HANSEG_LABELS, HANSEG_NAMES_BY_VALUE
 from evaluation.qa import OAR_COLOURS
 from test.conftest import REPO, openkbp_ct_path
-from test.dicom_series import coronal, dciodvfy_errors, plastimatch_masks, write_series
+from test.dicom_series import OrthancServer, coronal, dciodvfy_errors, plastimatch_masks, write_series
 
 MODEL = REPO / "weights"
 FAST_FLAGS = ["--model", str(MODEL), "--folds", "0", "--threads", "1", "--no-progress"]
@@ -246,3 +247,51 @@ def test_dicom_dataset_mode(tmp_path: Path) -> None:
         assert (out / f"{case}.mha").is_file()
         rt = pydicom.dcmread(out / "dicom" / case / "RTSTRUCT.dcm")
         assert rt.PatientID == case and len(rt.StructureSetROISequence) >= 5
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def stored_in_orthanc(axial: RoundTrip, orthanc: OrthancServer) -> dict[str, str]:
+    """The CT series, the RTSTRUCT and the SEG uploaded through Orthanc's REST API: modality -> Orthanc series id."""
+    series: dict[str, str] = {}
+    for path in [*sorted(axial.ct_folder.glob("*.dcm")), axial.rtstruct, axial.seg]:
+        answer = orthanc.upload(path)
+        assert answer["Status"] in ("Success", "AlreadyStored")
+        series[orthanc.get(f"/series/{answer['ParentSeries']}")["MainDicomTags"].get("Modality", "?")] = \
+            answer["ParentSeries"]
+    return series
+
+
+def test_orthanc_indexes_rtstruct_and_seg_under_the_ct_study(orthanc: OrthancServer,
+                                                             stored_in_orthanc: dict[str, str]) -> None:
+    assert set(stored_in_orthanc) == {"CT", "RTSTRUCT", "SEG"}
+    studies = orthanc.get("/studies")
+    assert len(studies) == 1
+    assert sorted(orthanc.get(f"/studies/{studies[0]}")["Series"]) == sorted(stored_in_orthanc.values())
+    assert len(orthanc.get(f"/series/{stored_in_orthanc['CT']}")["Instances"]) == 128
+    for modality in ("RTSTRUCT", "SEG"):
+        assert orthanc.get(f"/series/{stored_in_orthanc[modality]}")["ParentStudy"] == studies[0]
+
+
+@pytest.mark.slow
+def test_ct_downloaded_from_orthanc_runs_again_with_the_same_result(axial: RoundTrip, orthanc: OrthancServer,
+                                                                   stored_in_orthanc: dict[str, str],
+                                                                   tmp_path: Path) -> None:
+    archive = orthanc.download(f"/series/{stored_in_orthanc['CT']}/archive", tmp_path / "pt_4.zip")
+    out = tmp_path / "out"
+    assert process.main(["--input", str(archive), "--output", str(out), "--output-type", "mha,rtstruct",
+                         *FAST_FLAGS]) == 0
+    again = sitk.ReadImage(str(out / "images" / "head_neck_oar" / "pt_4.mha"))
+    assert np.array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(axial.labels))
+    assert again.GetOrigin() == axial.labels.GetOrigin() and again.GetDirection() == axial.labels.GetDirection()
+    first, second = (pydicom.dcmread(p) for p in (axial.rtstruct, out / "dicom" / "pt_4" / "RTSTRUCT.dcm"))
+    assert [r.ROIName for r in first.StructureSetROISequence] == [r.ROIName for r in second.StructureSetROISequence]
+    assert second.StudyInstanceUID == first.StudyInstanceUID
