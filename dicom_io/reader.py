@@ -11,7 +11,6 @@ direction, column direction, normal), spacing = (column spacing, row spacing, sl
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -79,12 +78,3 @@ def _value_range(image: sitk.Image) -> str:
     values = sitk.GetArrayViewFromImage(image)
     return f"values {float(np.min(values)):g}..{float(np.max(values)):g}"
 
-
-def slice_positions(image: sitk.Image) -> np.ndarray:
-    """Patient (LPS, mm) position of the first voxel of every slice z, shape (slices, 3)."""
-    return np.asarray([image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetSize()[2])])
-
-
-def series_folder(series: DicomSeries) -> Path:
-    """The folder that holds the series' first file."""
-    return series.paths[0].parent

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.encaps import encapsulate
 
 import process
 from contract.errors import InputError
@@ -122,6 +123,55 @@ def test_bad_dicom_is_refused(make, problem: str, ct: sitk.Image, tmp_path: Path
     assert len(errors) == 1, errors
     assert problem in errors[0] and names in errors[0], errors[0]
     assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
+
+
+def _edit(paths: list[Path], index: int, **values: object) -> None:
+    ds = pydicom.dcmread(paths[index])
+    for keyword, value in values.items():
+        if keyword == "TransferSyntaxUID":  # a compressed syntax: the (unchanged) bytes encapsulated as one frame
+            ds.file_meta.TransferSyntaxUID = value
+            ds.PixelData = encapsulate([ds.PixelData])
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(paths[index])
+
+
+def _duplicated_slice(ct: sitk.Image, root: Path) -> str:
+    paths = write_series(ct, root / "ct")
+    _edit(paths, 11, ImagePositionPatient=pydicom.dcmread(paths[10]).ImagePositionPatient)
+    return paths[10].name
+
+
+def _uneven_spacing(ct: sitk.Image, root: Path) -> str:
+    paths = write_series(ct, root / "ct")
+    position = [float(v) for v in pydicom.dcmread(paths[10]).ImagePositionPatient]
+    _edit(paths, 10, ImagePositionPatient=[position[0], position[1], position[2] + 0.4])
+    return "gaps from 2.100 to 2.900 mm"
+
+
+def _mixed_orientation(ct: sitk.Image, root: Path) -> str:
+    paths = write_series(ct, root / "ct")
+    _edit(paths, 5, ImageOrientationPatient=[1, 0, 0, 0, 0.9998, 0.02])
+    return paths[5].name
+
+
+def _undecodable_syntax(ct: sitk.Image, root: Path) -> str:
+    paths = write_series(ct, root / "ct")
+    _edit(paths, 3, TransferSyntaxUID="1.2.840.10008.1.2.4.201")
+    return "1.2.840.10008.1.2.4.201 (High-Throughput JPEG 2000"
+
+
+@pytest.mark.parametrize("make, problem", [
+    (_duplicated_slice, "duplicated slice"), (_uneven_spacing, "non-uniform slice spacing"),
+    (_mixed_orientation, "mixed orientations"), (_undecodable_syntax, "cannot be decoded"),
+], ids=["duplicated-slice", "uneven-spacing", "mixed-orientation", "undecodable-syntax"])
+def test_more_bad_series_are_refused(make, problem: str, ct: sitk.Image, tmp_path: Path,  # noqa: ANN001
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    detail = make(ct, tmp_path / "in")
+    code, errors = _run_cli(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")], capsys)
+    assert code == process.EXIT_INPUT and len(errors) == 1
+    assert problem in errors[0] and detail in errors[0], errors[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_zip_member_outside_the_archive_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
