@@ -14,8 +14,9 @@ Modes:
 Data path per case: read and check the images (contract.imageio) -> permute/flip the CT to the model's training
 orientation (preprocessing.orientation) -> register the MR to the CT and check the result
 (preprocessing.registration) -> preprocess as the plans say (preprocessing.preprocess) -> sliding-window
-ensemble (model.predictor) -> back to the CT grid and HaN-Seg labels (model.export) -> back to the CT's own
-axis order -> atomic write.
+ensemble (model.predictor) -> back to the CT grid and HaN-Seg labels (model.export) -> merged left/right labels
+split by the mid-sagittal plane (preprocessing.laterality; models declaring dataset.json lr_split) -> back to the
+CT's own axis order -> atomic write.
 
 Exit codes: 0 success; 2 bad input; 3 output not writable; 4 bad model folder; 1 unexpected error.
 """
@@ -39,6 +40,7 @@ from contract.errors import InputError, ModelFolderError, OutputError
 from contract.imageio import check_extent, read_image, read_scan, repair_intensities, write_image_atomic
 from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_dataset_cases, find_folder_case, is_dataset_root
 from contract.labels import MAX_LABEL
+from preprocessing.laterality import split_left_right
 from preprocessing.orientation import labels_to_original_orientation, orientation_of, reorient
 
 log = logging.getLogger("process")
@@ -235,6 +237,7 @@ def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions
     del channels  # the registered MR (0.8 GB on a HaN-Seg CT) is not needed for the ensemble and export
     labels = predictor.predict_preprocessed(preprocessed)
     del preprocessed
+    labels = split_left_right(labels, oriented, predictor.lateral_splits)
     image = to_label_image(labels_to_original_orientation(labels, oriented, ct), ct)
     write_image_atomic(image, output_path)
     if options.qa_dir is not None:
