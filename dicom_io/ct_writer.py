@@ -11,7 +11,10 @@ RescaleSlope 1 and RescaleIntercept 0 (values rounded; a CT in HU is integral).
 from __future__ import annotations
 
 import datetime as dt
+import locale
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,17 @@ from pydicom.uid import generate_uid
 log = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@contextmanager
+def preserved_locale() -> Iterator[None]:
+    """Restore the process locale after SimpleITK's GDCM DICOM writer, which sets LC_CTYPE to "C" and leaves it
+    (measured: Python's default text encoding turned from UTF-8 to ASCII after one slice was written)."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,14 @@ def write_ct_series(ct: sitk.Image, folder: Path, case_id: str, study: NewStudy 
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     paths = []
+    with preserved_locale():
+        _write_slices(image, ct, folder, common, writer, paths)
+    log.info("CT written as a DICOM series of %d slices in %s", len(paths), folder)
+    return paths
+
+
+def _write_slices(image: sitk.Image, ct: sitk.Image, folder: Path, common: dict[str, str],
+                  writer: sitk.ImageFileWriter, paths: list[Path]) -> None:
     for k in range(image.GetSize()[2]):
         plane = image[:, :, k]
         for tag, value in common.items():
@@ -81,5 +103,3 @@ def write_ct_series(ct: sitk.Image, folder: Path, case_id: str, study: NewStudy 
         writer.SetFileName(str(path))
         writer.Execute(plane)
         paths.append(path)
-    log.info("CT written as a DICOM series of %d slices in %s", len(paths), folder)
-    return paths

@@ -28,6 +28,8 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
+from dicom_io.ct_writer import preserved_locale
+
 SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
 
 
@@ -72,23 +74,28 @@ def write_series(image: sitk.Image, folder: Path, *, modality: str = "CT", descr
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     dropped = set(drop)
-    paths = []
-    for k in range(n):
-        if k in dropped:
-            continue
-        number = n - k if reverse_order else k + 1
-        plane = pixels[:, :, k]
-        for tag, value in tags.items():
-            plane.SetMetaData(tag, value)
-        position = np.asarray(image.TransformIndexToPhysicalPoint((0, 0, k))) + k * shear * direction[:, 1]
-        plane.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
-        plane.SetMetaData("0020|0013", str(number))
-        plane.SetMetaData("0008|0018", generate_uid())
-        path = folder / f"IM{number:04d}.dcm"
-        writer.SetFileName(str(path))
-        writer.Execute(plane)
-        paths.append(path)
+    paths: list[Path] = []
+    with preserved_locale():  # GDCM's writer would leave LC_CTYPE at "C" (ASCII text I/O for later tests)
+        for k in range(n):
+            if k not in dropped:
+                paths.append(_write_slice(pixels, image, folder, tags, writer, k, n - k if reverse_order else k + 1,
+                                          shear * direction[:, 1]))
     return paths
+
+
+def _write_slice(pixels: sitk.Image, image: sitk.Image, folder: Path, tags: dict[str, str],
+                 writer: sitk.ImageFileWriter, k: int, number: int, shift: np.ndarray) -> Path:
+    plane = pixels[:, :, k]
+    for tag, value in tags.items():
+        plane.SetMetaData(tag, value)
+    position = np.asarray(image.TransformIndexToPhysicalPoint((0, 0, k))) + k * shift
+    plane.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
+    plane.SetMetaData("0020|0013", str(number))
+    plane.SetMetaData("0008|0018", generate_uid())
+    path = folder / f"IM{number:04d}.dcm"
+    writer.SetFileName(str(path))
+    writer.Execute(plane)
+    return path
 
 
 def require_tool(name: str) -> str:

@@ -187,3 +187,15 @@ def test_unknown_output_type_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         process.parse_args(["--output-type", "mha,rtss"])
     assert exc.value.code == 2
+
+
+def test_dicom_writers_leave_the_text_encoding_alone(ct: sitk.Image, tmp_path: Path) -> None:
+    """SimpleITK's GDCM writer sets LC_CTYPE to "C"; both writers restore it (else later UTF-8 reads fail)."""
+    import locale
+
+    from dicom_io.ct_writer import write_ct_series
+
+    before = locale.getpreferredencoding(False)
+    write_ct_series(ct[:, :, :3], tmp_path / "ours", "pt_4")
+    write_series(ct[:, :, :3], tmp_path / "test_writer")
+    assert locale.getpreferredencoding(False) == before
