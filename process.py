@@ -11,14 +11,15 @@ Modes:
                                                       mha,rtstruct,dicom-seg adds DIR/dicom/<case>/RTSTRUCT.dcm,
                                                       SEG.dcm (dicom_io.outputs)
 
-Data path per case: read and check the images (contract.imageio) -> permute/flip the CT to the model's training
-orientation (preprocessing.orientation) -> register the MR to the CT and check the result
-(preprocessing.registration) -> preprocess as the plans say (preprocessing.preprocess) -> sliding-window
-ensemble (model.predictor) -> back to the CT grid and HaN-Seg labels (model.export) -> merged left/right labels
-split by the mid-sagittal plane (preprocessing.laterality; models declaring dataset.json lr_split) -> back to the
-CT's own axis order -> atomic write.
+This is the command line over the in-memory API (:func:`hanseg.segment`): it finds and reads the files
+(contract.inputs, contract.imageio), builds the one settings object from flags and HANSEG_* variables
+(hanseg.settings), sets the CPU threads once, segments each case with one loaded model, and writes the label map,
+QA output and run record atomically. Data path inside segment(): README "How a case flows through the code"
+(orientation -> MR registered onto the CT -> nnU-Net preprocessing -> fold ensemble -> export to the CT grid and
+HaN-Seg labels -> merged left/right labels split by the mid-sagittal plane (preprocessing.laterality; models
+declaring dataset.json lr_split) -> back to the CT's own axis order).
 
-Exit codes: 0 success; 2 bad input; 3 output not writable; 4 bad model folder; 1 unexpected error.
+Exit codes: 0 success; 2 bad input or bad flag/variable; 3 output not writable; 4 bad model folder; 1 unexpected.
 """
 
 from __future__ import annotations
@@ -29,63 +30,33 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-
 from contract.errors import InputError, ModelFolderError, OutputError
-from contract.imageio import check_extent, read_image, read_scan, repair_intensities, write_image_atomic
+from contract.imageio import read_image, read_scan, write_image_atomic
 from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_dataset_cases, find_folder_case, is_dataset_root
-from contract.labels import MAX_LABEL
-from preprocessing.laterality import split_left_right
-from preprocessing.orientation import labels_to_original_orientation, orientation_of, reorient
+from hanseg.settings import ENV_RECORD_DIR, Settings, SettingsError
 
 log = logging.getLogger("process")
 
-APP_DIR = Path(__file__).resolve().parent
-DEFAULT_MODEL_DIR = APP_DIR / "weights"
-PLATFORM_MODEL_DIR = Path("/opt/ml/model")
 EXIT_OK, EXIT_UNEXPECTED, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 2, 3, 4
-MR_DROPOUT_FILL = 0.0
-"""Raw value of the MR channel when there is no usable MR: all zeros, which z-score normalisation keeps at 0,
-exactly what the trainer's modality dropout feeds the network."""
+RunOptions = Settings
+"""The options of a run are the one settings object (:class:`hanseg.settings.Settings`)."""
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """Command-line options that affect every case."""
+class DicomRequest:
+    """The DICOM flags: ``--output-type`` (subset of mha, rtstruct, dicom-seg), ``--ct-series``, ``--mr-series``."""
 
-    model_dir: Path
-    device: str = "auto"
-    folds: tuple[str, ...] | None = None
-    use_mirroring: bool = True
-    tile_step: float = 0.5
-    qa_dir: Path | None = None
-    threads: int | None = None
-    progress: bool = True
-    fast: bool = False
-    time_budget: float | None = None
-    reorient: bool = True
     output_types: frozenset[str] = frozenset({"mha"})
     ct_series: str | None = None
     mr_series: str | None = None
 
 
-def resolve_model_dir(cli_value: Path | None) -> Path:
-    """``--model`` > ``HANSEG_MODEL_DIR`` > ``/opt/ml/model`` (if it holds a plans.json) > ``weights/``."""
-    if cli_value is not None:
-        return cli_value
-    if os.environ.get("HANSEG_MODEL_DIR"):
-        return Path(os.environ["HANSEG_MODEL_DIR"])
-    if (PLATFORM_MODEL_DIR / "plans.json").is_file():
-        return PLATFORM_MODEL_DIR
-    return DEFAULT_MODEL_DIR
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line as given (numbers stay strings: :meth:`Settings.from_sources` validates them by name)."""
     parser = argparse.ArgumentParser(
         description="Segment 30 head-and-neck organs at risk from a CT and a T1 MR (HaN-Seg).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -95,18 +66,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="output root (default: $HANSEG_OUTPUT_DIR or /output)")
     parser.add_argument("--model", type=Path, help="nnU-Net v2 model folder (default: $HANSEG_MODEL_DIR, "
                         "/opt/ml/model if present, else weights/)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    parser.add_argument("--device", help="auto (CUDA if available), cpu, cuda or cuda:N (default: $HANSEG_DEVICE, "
+                        "else auto)")
     parser.add_argument("--folds", nargs="+", help="folds to ensemble (default: every fold in the model folder)")
     parser.add_argument("--no-tta", action="store_true", help="disable mirroring test-time augmentation")
-    parser.add_argument("--tile-step", type=float, default=0.5,
-                        help="sliding-window step as a fraction of the patch (0 < step <= 1; default 0.5)")
-    parser.add_argument("--qa", type=Path, metavar="DIR", help="also write quality-control PNGs and volumes here")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("HANSEG_THREADS", "0")) or None,
-                        help="CPU threads (default: $HANSEG_THREADS, else all available cores)")
+    parser.add_argument("--tile-step", help="sliding-window step as a fraction of the patch (0 < step <= 1; "
+                        "default 0.5)")
+    parser.add_argument("--qa", type=Path, metavar="DIR",
+                        help="also write quality-control PNGs, volumes and the run record here")
+    parser.add_argument("--record", type=Path, metavar="DIR",
+                        help=f"write each case's run record (JSON) and CT->MR transform here (default: "
+                        f"${ENV_RECORD_DIR}; never inside the platform output folder)")
+    parser.add_argument("--threads", help="CPU threads (default: $HANSEG_THREADS, else all available cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--fast", action="store_true",
                         help="fast CPU mode: bf16 where the CPU has it, mirroring over one axis (model/fast.py)")
-    parser.add_argument("--time-budget", type=float, metavar="SECONDS", default=_env_float("HANSEG_TIME_BUDGET"),
+    parser.add_argument("--time-budget", metavar="SECONDS",
                         help="finish each case within this many seconds by reducing folds / mirroring / tile step "
                         "(default: $HANSEG_TIME_BUDGET, else no budget)")
     parser.add_argument("--as-stored", action="store_true",
@@ -119,13 +94,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     try:
-        args.output_types = _parse_output_types(args.output_type)
+        args.dicom = DicomRequest(_parse_output_types(args.output_type), args.ct_series, args.mr_series)
     except ValueError as err:
         parser.error(str(err))
-    if not 0 < args.tile_step <= 1:
-        parser.error(f"--tile-step must be in (0, 1], got {args.tile_step}")
-    if args.time_budget is not None and args.time_budget <= 0:
-        parser.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
     return args
 
 
@@ -137,123 +108,84 @@ def _parse_output_types(text: str) -> frozenset[str]:
     return parse_output_types(text)
 
 
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name)
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
+def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """The one settings object from the parsed flags and the ``HANSEG_*`` variables (raises SettingsError)."""
+    settings = Settings.from_sources({
+        "input_root": args.input, "output_root": args.output, "model_dir": args.model, "device": args.device,
+        "folds": args.folds, "use_mirroring": False if args.no_tta else None, "tile_step": args.tile_step,
+        "qa_dir": args.qa, "record_dir": args.record, "threads": args.threads,
+        "progress": False if args.no_progress else None, "fast": True if args.fast else None,
+        "time_budget": args.time_budget, "reorient": False if args.as_stored else None,
+    }, environ)
+    if settings.record_dir is not None and not is_dataset_root(settings.input_root):
+        platform_folder = (settings.output_root / OUTPUT_FOLDER).resolve()
+        record = settings.record_dir.resolve()
+        if record == platform_folder or platform_folder in record.parents:
+            name = "--record" if args.record is not None else ENV_RECORD_DIR
+            raise SettingsError(name, f"{settings.record_dir} is inside the platform output folder "
+                                f"{settings.output_root / OUTPUT_FOLDER}, which must hold only the label map")
+    return settings
 
 
-def prepare_channels(case: CaseInputs, ct: sitk.Image, mr_channel: int | None,
-                     n_channels: int) -> list[sitk.Image | None]:
-    """The model's input channels as images on the CT grid: the CT, and the registered MR if the model takes one.
-    A missing MR, or one whose registration fails its check, is None: the modality-dropout fill
-    (:func:`channel_arrays`)."""
-    channels: list[sitk.Image | None] = [ct]
-    if mr_channel is None:
-        if case.mr_path is not None:
-            log.info("model has no MR channel: %s is not used", case.mr_path)
-        return channels
-    if n_channels != 2 or mr_channel != 1:
-        raise ModelFolderError("dataset.json", f"unsupported channel layout: {n_channels} channels, MR at {mr_channel}")
-    if case.mr_path is None:
-        log.warning("no T1 MR for case %s: predicting from the CT alone", case.case_id)
-        channels.append(None)
-    else:
-        channels.append(registered_mr(case.mr_path, ct))
-    return channels
+def apply_threads(threads: int | None) -> int:
+    """Set torch's CPU threads once for the whole run: ``threads``, else every core this process may use."""
+    import torch
+
+    from model.predictor import available_cpu_threads
+
+    n = threads or available_cpu_threads()
+    torch.set_num_threads(n)
+    log.info("CPU threads: %d", n)
+    return n
 
 
-def channel_arrays(channels: list[sitk.Image | None]) -> list[np.ndarray]:
-    """numpy (z, y, x) arrays of the channels WITHOUT copying: read-only views into the images, which the caller
-    must keep alive while the arrays are used (HaN-Seg CTs: 0.4-0.8 GB per copy saved). None becomes the
-    modality-dropout fill (MR_DROPOUT_FILL), a lazily allocated zero array of the CT's shape."""
-    arrays = []
-    for image in channels:
-        if image is not None:
-            arrays.append(sitk.GetArrayViewFromImage(image))
-        else:  # np.zeros maps untouched pages to the kernel's zero page: no resident memory until written
-            shape = arrays[0].shape
-            arrays.append(np.zeros(shape, np.float32) if MR_DROPOUT_FILL == 0 else
-                          np.full(shape, MR_DROPOUT_FILL, dtype=np.float32))
-    return arrays
+def read_case(case: CaseInputs, wants_mr: bool) -> tuple:
+    """The CT (checked, :func:`contract.imageio.read_scan`) and the MR as read (None if the case has none, or
+    the model takes no MR: then the file is never read). An MR file that cannot be read as a 3-D scalar image is
+    an input error; one with unusable intensities is dropped later, by the channel builder."""
+    ct = read_scan(case.ct_path, "CT")
+    if case.mr_path is not None and not wants_mr:
+        log.info("model has no MR channel: %s is not used", case.mr_path)
+    mr = read_image(case.mr_path, "T1 MR") if case.mr_path is not None and wants_mr else None
+    return ct, mr
 
 
-def registered_mr(mr_path: Path, ct: sitk.Image) -> sitk.Image | None:
-    """The MR resampled onto the CT grid (float32 image), or None with a warning if it cannot be used.
+def run_case(case: CaseInputs, output_path: Path, model, options: Settings,  # noqa: ANN001
+             deadline: float | None = None):  # noqa: ANN201 - the label map (sitk.Image)
+    """Segment one case (:func:`hanseg.segment`) and write its label map atomically to ``output_path``; the QA
+    output and the run record too, when asked for. ``deadline``: ``time.monotonic()`` by which the case must be
+    done (None: the time budget from now)."""
+    from hanseg.api import segment
+    from hanseg.record import write_record
 
-    A file that cannot be read as a 3-D scalar image is an input error (raised). An MR that reads but has no
-    usable intensities, or whose registration fails its quality check, is dropped: the case is predicted from
-    the CT alone, as the model was trained to do under modality dropout.
-    """
-    from preprocessing.registration import register_mr_to_ct, resample_mr_to_ct
-
-    mr = read_image(mr_path, "T1 MR")
-    try:
-        check_extent(mr, mr_path, "T1 MR")
-        mr = repair_intensities(mr, mr_path, "T1 MR")
-    except InputError as err:
-        log.warning("%s: predicting from the CT alone", err)
-        return None
-    result = register_mr_to_ct(ct, mr)
-    if not result.accepted:
-        log.warning("%s: MR-to-CT registration failed its quality check (%s): predicting from the CT alone",
-                    mr_path, result.reason)
-        return None
-    log.info("MR registered to CT in %.1f s (%s)", result.seconds, _format_metrics(result.metrics))
-    return resample_mr_to_ct(mr, ct, result.ct_to_mr)
-
-
-def _format_metrics(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.3g}" for k, v in metrics.items())
-
-
-def to_label_image(labels: np.ndarray, ct: sitk.Image) -> sitk.Image:
-    """The label array as a uint8 image carrying the CT's exact size, spacing, origin and direction."""
-    if labels.dtype != np.uint8 or labels.shape != sitk.GetArrayViewFromImage(ct).shape:
-        raise AssertionError(f"label map {labels.dtype} {labels.shape} does not match the CT")
-    if labels.max(initial=0) > MAX_LABEL:
-        raise AssertionError(f"label value {labels.max()} outside 0..{MAX_LABEL}")
-    image = sitk.GetImageFromArray(labels)
-    image.CopyInformation(ct)
-    return image
-
-
-def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions) -> sitk.Image:  # noqa: ANN001
-    """Segment one case and write its label map atomically to ``output_path``; returns the label map."""
     start = time.perf_counter()
     log.info("case %s: CT %s, MR %s", case.case_id, case.ct_path, case.mr_path or "none")
-    ct = read_scan(case.ct_path, "CT")
-    oriented = ct
-    if options.reorient:
-        oriented = reorient(ct, predictor.model.orientation)
-        if oriented is not ct:
-            log.info("CT stored in %s orientation: permuted to the model's %s for prediction, labels permuted back",
-                     orientation_of(ct), predictor.model.orientation)
-    channels = prepare_channels(case, oriented, predictor.model.mr_channel, predictor.model.num_input_channels)
-    preprocessed = predictor.preprocess(channel_arrays(channels), oriented.GetSpacing())
-    mr_on_ct = channels[1] if options.qa_dir is not None and len(channels) > 1 else None
-    del channels  # the registered MR (0.8 GB on a HaN-Seg CT) is not needed for the ensemble and export
-    labels = predictor.predict_preprocessed(preprocessed)
-    del preprocessed
-    labels = split_left_right(labels, oriented, predictor.lateral_splits)
-    image = to_label_image(labels_to_original_orientation(labels, oriented, ct), ct)
-    write_image_atomic(image, output_path)
+    ct, mr = read_case(case, wants_mr=model.folder.mr_channel is not None)
+    mr_source = str(case.mr_path) if case.mr_path else "T1 MR"
+    result = segment(ct, mr, model, deadline=deadline, case_id=case.case_id, mr_source=mr_source,
+                     keep_model_grid=options.qa_dir is not None)
+    del ct, mr
+    write_image_atomic(result.labels, output_path)
+    transforms = [result.mr.ct_to_mr] if result.mr.ct_to_mr is not None else []
+    record = {**result.record, "inputs": {"ct": case.ct_path.name, "mr": case.mr_path.name if case.mr_path else None},
+              "output": output_path.name}
     if options.qa_dir is not None:
-        write_case_qa(case, oriented, to_label_image(labels, oriented), mr_on_ct, options.qa_dir)
-    n_oars = int((np.bincount(labels.ravel(), minlength=MAX_LABEL + 1)[1:] > 0).sum())
-    log.info("case %s done in %.1f s: %d OARs labelled -> %s", case.case_id, time.perf_counter() - start, n_oars,
-             output_path)
-    return image
+        write_case_qa(case, result.oriented_ct, result.oriented_labels, result.mr_on_ct, options.qa_dir)
+        write_record(record, options.qa_dir, case.case_id, transforms)
+    if options.record_dir is not None:
+        write_record(record, options.record_dir, case.case_id, transforms)
+    log.info("case %s done in %.1f s: %d OARs labelled -> %s", case.case_id, time.perf_counter() - start,
+             len(result.record["volumes_ml"]), output_path)
+    return result.labels
 
 
-def run_case_outputs(case: CaseInputs, output_path: Path, predictor, options: RunOptions,  # noqa: ANN001
-                     output_root: Path, ct_headers: list | None = None) -> None:
+def run_case_outputs(case: CaseInputs, output_path: Path, model, options: Settings,  # noqa: ANN001
+                     dicom: DicomRequest, output_root: Path, deadline: float | None = None,
+                     ct_headers: list | None = None) -> None:
     """:func:`run_case`, then the DICOM outputs ``--output-type`` asks for (``dicom_io.outputs``): the .mha is
     moved to ``output_path`` only after they are written, and only if ``mha`` was asked for."""
-    if options.output_types == frozenset({"mha"}):
-        run_case(case, output_path, predictor, options)
+    if dicom.output_types == frozenset({"mha"}):
+        run_case(case, output_path, model, options, deadline)
         return
     from dicom_io.outputs import case_dicom_folder, write_dicom_outputs
     from dicom_io.provenance import provenance_for
@@ -262,10 +194,10 @@ def run_case_outputs(case: CaseInputs, output_path: Path, predictor, options: Ru
     dicom_folder = case_dicom_folder(output_root, case.case_id)
     created = [d for d in (output_path.parent, output_path.parent.parent, dicom_folder.parent) if not d.exists()]
     try:
-        labels = run_case(case, staged, predictor, options)
-        write_dicom_outputs(labels, read_scan(case.ct_path, "CT"), ct_headers, dicom_folder, options.output_types,
+        labels = run_case(case, staged, model, options, deadline)
+        write_dicom_outputs(labels, read_scan(case.ct_path, "CT"), ct_headers, dicom_folder, dicom.output_types,
                             provenance_for(options.model_dir), case.case_id)
-        if "mha" in options.output_types:
+        if "mha" in dicom.output_types:
             os.replace(staged, output_path)
     except BaseException:
         staged.unlink(missing_ok=True)
@@ -276,8 +208,7 @@ def run_case_outputs(case: CaseInputs, output_path: Path, predictor, options: Ru
     staged.unlink(missing_ok=True)
 
 
-def write_case_qa(case: CaseInputs, ct: sitk.Image, labels: sitk.Image, mr_on_ct: sitk.Image | None,
-                  qa_dir: Path) -> None:
+def write_case_qa(case: CaseInputs, ct, labels, mr_on_ct, qa_dir: Path) -> None:  # noqa: ANN001
     """Quality-control PNG and per-OAR volumes for one case (the MR row shows the registered MR, if any); ``ct``,
     ``labels`` and ``mr_on_ct`` on the grid the model saw (the CT in the model's orientation)."""
     from evaluation.qa import write_qa
@@ -289,37 +220,35 @@ def write_case_qa(case: CaseInputs, ct: sitk.Image, labels: sitk.Image, mr_on_ct
     log.info("QA: %s", ", ".join(str(p) for p in written))
 
 
-def build_predictor(options: RunOptions):  # noqa: ANN201 - imported lazily to keep --help fast
-    from model.device import select_device
-    from model.model_folder import load_model_folder
-    from model.predictor import Predictor, PredictorOptions
+def build_predictor(options: Settings):  # noqa: ANN201 - imported lazily to keep --help fast
+    """The model handle (:class:`hanseg.Model`), loaded once for every case of the run."""
+    from hanseg.api import Model
 
-    model = load_model_folder(options.model_dir, list(options.folds) if options.folds else None)
-    predictor = Predictor(
-        model,
-        select_device(options.device),
-        PredictorOptions(use_mirroring=options.use_mirroring, tile_step=options.tile_step,
-                         progress=options.progress, fast=options.fast, time_budget=options.time_budget),
-    )
-    if options.threads:  # after the predictor, which defaults to every available core
-        import torch
-
-        torch.set_num_threads(options.threads)
-        log.info("CPU threads: %d", options.threads)
-    return predictor
+    return Model.load(options.model_dir, options)
 
 
-def run(input_root: Path, output_root: Path, options: RunOptions) -> int:
-    """Process the input root in folder or dataset mode. Returns the exit code."""
+def first_case_deadline(options: Settings) -> float | None:
+    """The first case's time budget counts from process start (the platform's clock includes start-up)."""
+    from model.budget import process_start_monotonic
+
+    if options.time_budget is None:
+        return None
+    return (process_start_monotonic() or time.monotonic()) + options.time_budget
+
+
+def run(input_root: Path, output_root: Path, options: Settings, dicom: DicomRequest | None = None) -> int:
+    """Process the input root in folder, dataset or DICOM mode. Returns the exit code."""
+    dicom = dicom or DicomRequest()
     if _is_dicom_input(input_root):
-        return run_dicom(input_root, output_root, options)
+        return run_dicom(input_root, output_root, options, dicom)
     if not input_root.is_dir():
         raise InputError(input_root, "input folder does not exist")
     if is_dataset_root(input_root):
-        return run_dataset(input_root, output_root, options)
+        return run_dataset(input_root, output_root, options, dicom)
     case = find_folder_case(input_root)
     output_path = output_root / OUTPUT_FOLDER / f"{case.case_id}.mha"
-    run_case_outputs(case, output_path, build_predictor(options), options, output_root)
+    run_case_outputs(case, output_path, build_predictor(options), options, dicom, output_root,
+                     first_case_deadline(options))
     return EXIT_OK
 
 
@@ -332,26 +261,27 @@ def _is_dicom_input(input_root: Path) -> bool:
     return is_dicom_input(input_root)
 
 
-def run_dicom(input_root: Path, output_root: Path, options: RunOptions) -> int:
+def run_dicom(input_root: Path, output_root: Path, options: Settings, dicom: DicomRequest) -> int:
     """DICOM input (``dicom_io``): one study (folder or .zip), or a folder of studies (like dataset mode)."""
     from dicom_io.cases import dataset_studies
 
-    predictors: list = []
+    models: list = []
 
-    def predictor():  # noqa: ANN202 - built once, after the first study's series passed their checks
-        if not predictors:
-            predictors.append(build_predictor(options))
-        return predictors[0]
+    def model():  # noqa: ANN202 - loaded once, after the first study's series passed their checks
+        if not models:
+            models.append(build_predictor(options))
+        return models[0]
 
     studies = dataset_studies(input_root)
     if studies is None:
-        run_dicom_study(input_root, output_root / OUTPUT_FOLDER, output_root, predictor, options)
+        run_dicom_study(input_root, output_root / OUTPUT_FOLDER, output_root, model, options, dicom,
+                        first_case_deadline(options))
         return EXIT_OK
     log.info("DICOM dataset mode: %d studies under %s", len(studies), input_root)
     failed = []
     for study in studies:
         try:
-            run_dicom_study(study, output_root, output_root, predictor, options)
+            run_dicom_study(study, output_root, output_root, model, options, dicom, None)
         except (InputError, OutputError) as err:
             log.error("study %s failed: %s", study.name, err)
             failed.append((study, err))
@@ -360,10 +290,10 @@ def run_dicom(input_root: Path, output_root: Path, options: RunOptions) -> int:
     return EXIT_INPUT if failed else EXIT_OK
 
 
-def run_dicom_study(study_path: Path, mha_folder: Path, output_root: Path, predictor,  # noqa: ANN001
-                    options: RunOptions) -> None:
+def run_dicom_study(study_path: Path, mha_folder: Path, output_root: Path, model: Callable, options: Settings,
+                    dicom: DicomRequest, deadline: float | None) -> None:
     """Choose and check the study's CT / MR series, read them, and run the case with DICOM references;
-    ``predictor()`` gives the predictor (so a bad study is refused before the model is loaded)."""
+    ``model()`` gives the loaded model (so a bad study is refused before the model is loaded)."""
     import tempfile
 
     from dicom_io.cases import case_id_of, materialise
@@ -371,25 +301,28 @@ def run_dicom_study(study_path: Path, mha_folder: Path, output_root: Path, predi
 
     with opened_input(study_path) as root, tempfile.TemporaryDirectory(prefix="hanseg-case-") as tmp:
         study = choose_series(scan_series(root, shown_as=study_path if root != study_path else None), study_path,
-                              options.ct_series, options.mr_series, case_id=case_id_of(study_path))
+                              dicom.ct_series, dicom.mr_series, case_id=case_id_of(study_path))
         case = materialise(study, Path(tmp))
-        run_case_outputs(case, mha_folder / f"{case.case_id}.mha", predictor(), options, output_root,
+        run_case_outputs(case, mha_folder / f"{case.case_id}.mha", model(), options, dicom, output_root, deadline,
                          ct_headers=study.ct.headers)
 
 
-def run_dataset(input_root: Path, output_root: Path, options: RunOptions) -> int:
+def run_dataset(input_root: Path, output_root: Path, options: Settings, dicom: DicomRequest | None = None) -> int:
     """Every case folder under ``input_root``: finish all that can be done, report the others."""
     cases, failed = find_dataset_cases(input_root)
     log.info("dataset mode: %d cases under %s", len(cases), input_root)
     predictor = build_predictor(options) if cases else None
     written = 0
+    deadline = first_case_deadline(options)
     for case in cases:
         try:
-            run_case_outputs(case, output_root / f"{case.case_id}.mha", predictor, options, output_root)
+            run_case_outputs(case, output_root / f"{case.case_id}.mha", predictor, options, dicom or DicomRequest(),
+                             output_root, deadline)
             written += 1
         except (InputError, OutputError) as err:
             log.error("case %s failed: %s", case.case_id, err)
             failed.append((case.ct_path.parent, err))
+        deadline = None  # later cases: the budget counts from their own start
     log.info("dataset mode: %d of %d cases written to %s", written, written + len(failed), output_root)
     for folder, err in failed:
         print(f"error: case {folder.name}: {err}", file=sys.stderr)
@@ -403,26 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    input_root = args.input or Path(os.environ.get("HANSEG_INPUT_DIR", "/input"))
-    output_root = args.output or Path(os.environ.get("HANSEG_OUTPUT_DIR", "/output"))
-    options = RunOptions(
-        model_dir=resolve_model_dir(args.model),
-        device=args.device,
-        folds=tuple(args.folds) if args.folds else None,
-        use_mirroring=not args.no_tta,
-        tile_step=args.tile_step,
-        qa_dir=args.qa,
-        threads=args.threads,
-        progress=not args.no_progress,
-        fast=args.fast,
-        time_budget=args.time_budget,
-        reorient=not args.as_stored,
-        output_types=args.output_types,
-        ct_series=args.ct_series,
-        mr_series=args.mr_series,
-    )
     try:
-        return run(input_root, output_root, options)
+        options = settings_from_args(args)
+        apply_threads(options.threads)
+        return run(options.input_root, options.output_root, options, args.dicom)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INPUT
@@ -432,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelFolderError as err:
         print(f"error: model folder: {err}", file=sys.stderr)
         return EXIT_MODEL
-    except ValueError as err:  # a usage error, e.g. --device cuda on a machine without CUDA
+    except ValueError as err:  # a usage error (SettingsError names the flag or variable; --device cuda without CUDA)
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INPUT
 

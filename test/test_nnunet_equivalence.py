@@ -15,12 +15,12 @@ import SimpleITK as sitk
 import torch
 
 from contract.labels import HANSEG_OAR_NAMES, model_to_hanseg_lookup
+from devkit.make_test_model import make_test_model
+from devkit.nnunet_reference import nnunet_predict, per_label_dice
 from model.model_folder import load_model_folder
 from model.predictor import Predictor, PredictorOptions
 from preprocessing.synthetic_t1 import hu_to_t1
 from test.conftest import write_image
-from test.make_test_model import make_test_model
-from test.nnunet_reference import nnunet_predict, per_label_dice
 
 pytest.importorskip("nnunetv2", reason="nnunetv2 2.8.1 is installed for tests only (requirements-test.txt)")
 
