@@ -18,6 +18,7 @@ import math
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterable
@@ -188,3 +189,14 @@ def _free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+PROCESS = Path(__file__).resolve().parents[1] / "process.py"
+EXIT_INPUT = 2
+
+
+def run_process(*args: str | Path) -> tuple[int, list[str]]:
+    """``process.py`` with ``args`` in a fresh interpreter: its exit code and its ``error:`` lines on stderr."""
+    result = subprocess.run([sys.executable, str(PROCESS), *map(str, args), "--no-progress"], capture_output=True,
+                            text=True, timeout=3000)
+    return result.returncode, [line for line in result.stderr.splitlines() if line.startswith("error:")]

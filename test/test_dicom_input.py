@@ -13,12 +13,11 @@ import pytest
 import SimpleITK as sitk
 from pydicom.encaps import encapsulate
 
-import process
 from contract.errors import InputError
 from dicom_io.discovery import choose_series, scan_series
 from dicom_io.reader import read_series
 from test.conftest import HEAD_MR, openkbp_ct_path
-from test.dicom_series import coronal, write_series
+from test.dicom_series import EXIT_INPUT, coronal, run_process, write_series
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +27,7 @@ def ct() -> sitk.Image:
 
 
 def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
-    code = process.main([*args, "--no-progress"])
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    return code, errors
+    return run_process(*args)
 
 
 @pytest.mark.parametrize("variant", ["axial_reversed_intercept", "coronal"])
@@ -119,7 +116,7 @@ def test_bad_dicom_is_refused(make, problem: str, ct: sitk.Image, tmp_path: Path
     out = tmp_path / "out"
     code, errors = _run_cli(["--input", str(tmp_path / "in"), "--output", str(out),
                              "--output-type", "mha,rtstruct,dicom-seg"], capsys)
-    assert code == process.EXIT_INPUT
+    assert code == EXIT_INPUT
     assert len(errors) == 1, errors
     assert problem in errors[0] and names in errors[0], errors[0]
     assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
@@ -169,7 +166,7 @@ def test_more_bad_series_are_refused(make, problem: str, ct: sitk.Image, tmp_pat
                                      capsys: pytest.CaptureFixture[str]) -> None:
     detail = make(ct, tmp_path / "in")
     code, errors = _run_cli(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")], capsys)
-    assert code == process.EXIT_INPUT and len(errors) == 1
+    assert code == EXIT_INPUT and len(errors) == 1
     assert problem in errors[0] and detail in errors[0], errors[0]
     assert not (tmp_path / "out").exists()
 
@@ -179,14 +176,13 @@ def test_zip_member_outside_the_archive_is_refused(tmp_path: Path, capsys: pytes
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("../escape.dcm", b"x")
     code, errors = _run_cli(["--input", str(archive), "--output", str(tmp_path / "out")], capsys)
-    assert code == process.EXIT_INPUT and "outside the archive root" in errors[0]
+    assert code == EXIT_INPUT and "outside the archive root" in errors[0]
     assert not (tmp_path / "escape.dcm").exists() and not (tmp_path / "out").exists()
 
 
 def test_unknown_output_type_is_a_usage_error(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as exc:
-        process.parse_args(["--output-type", "mha,rtss"])
-    assert exc.value.code == 2
+    code, _ = run_process("--input", tmp_path, "--output", tmp_path / "out", "--output-type", "mha,rtss")
+    assert code == 2 and not (tmp_path / "out").exists()
 
 
 def test_dicom_writers_leave_the_text_encoding_alone(ct: sitk.Image, tmp_path: Path) -> None:

@@ -16,15 +16,21 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-import process
 from contract.labels import HANSEG_LABELS, HANSEG_NAMES_BY_VALUE
 from evaluation.qa import OAR_COLOURS
 from test.conftest import REPO, openkbp_ct_path
-from test.dicom_series import OrthancServer, coronal, dciodvfy_errors, plastimatch_masks, write_series
+from test.dicom_series import OrthancServer, coronal, dciodvfy_errors, plastimatch_masks, run_process, write_series
 
 MODEL = REPO / "weights"
 FAST_FLAGS = ["--model", str(MODEL), "--folds", "0", "--threads", "1", "--no-progress"]
 MIN_DICE = 0.95
+
+
+def _main(args: list[str]) -> int:
+    """``process.py`` in a fresh interpreter (nothing imports the command line): its exit code."""
+    code, errors = run_process(*args)
+    assert not errors or code != 0, errors
+    return code
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ def run_round_trip(image: sitk.Image, root: Path, **series_options: object) -> R
     ct_folder = root / "in" / "pt_4"
     write_series(image, ct_folder, **series_options)  # type: ignore[arg-type]
     output, qa = root / "out", root / "qa"
-    code = process.main(["--input", str(ct_folder), "--output", str(output), "--output-type",
+    code = _main(["--input", str(ct_folder), "--output", str(output), "--output-type",
                          "mha,rtstruct,dicom-seg", "--qa", str(qa), *FAST_FLAGS])
     assert code == 0
     labels = sitk.ReadImage(str(output / "images" / "head_neck_oar" / "pt_4.mha"))
@@ -199,7 +205,7 @@ def test_same_labels_as_the_nifti_run(axial: RoundTrip, tmp_path: Path) -> None:
     case = tmp_path / "in" / "images" / "ct"
     case.mkdir(parents=True)
     sitk.WriteImage(sitk.ReadImage(str(openkbp_ct_path("pt_4"))), str(case / "pt_4.mha"))
-    assert process.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *FAST_FLAGS]) == 0
+    assert _main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *FAST_FLAGS]) == 0
     nifti_run = sitk.ReadImage(str(tmp_path / "out" / "images" / "head_neck_oar" / "pt_4.mha"))
     assert np.array_equal(sitk.GetArrayFromImage(nifti_run), sitk.GetArrayFromImage(axial.labels))
 
@@ -211,7 +217,7 @@ def test_mha_input_gets_a_dicom_ct_and_self_consistent_outputs(tmp_path: Path) -
     ct = sitk.ReadImage(str(openkbp_ct_path("pt_4")))
     sitk.WriteImage(ct, str(case / "pt_4.mha"))
     out = tmp_path / "out"
-    assert process.main(["--input", str(tmp_path / "in"), "--output", str(out), "--output-type",
+    assert _main(["--input", str(tmp_path / "in"), "--output", str(out), "--output-type",
                          "rtstruct,dicom-seg", *FAST_FLAGS]) == 0
     assert not (out / "images" / "head_neck_oar" / "pt_4.mha").exists()  # mha not asked for
     folder = out / "dicom" / "pt_4"
@@ -241,7 +247,7 @@ def test_dicom_dataset_mode(tmp_path: Path) -> None:
     shutil.make_archive(str(data / "pt_17"), "zip", data / "pt_17")
     shutil.rmtree(data / "pt_17")
     out = tmp_path / "out"
-    assert process.main(["--input", str(data), "--output", str(out), "--output-type", "mha,rtstruct",
+    assert _main(["--input", str(data), "--output", str(out), "--output-type", "mha,rtstruct",
                          *FAST_FLAGS]) == 0
     for case in ("pt_4", "pt_17"):
         assert (out / f"{case}.mha").is_file()
@@ -287,7 +293,7 @@ def test_ct_downloaded_from_orthanc_runs_again_with_the_same_result(axial: Round
                                                                    tmp_path: Path) -> None:
     archive = orthanc.download(f"/series/{stored_in_orthanc['CT']}/archive", tmp_path / "pt_4.zip")
     out = tmp_path / "out"
-    assert process.main(["--input", str(archive), "--output", str(out), "--output-type", "mha,rtstruct",
+    assert _main(["--input", str(archive), "--output", str(out), "--output-type", "mha,rtstruct",
                          *FAST_FLAGS]) == 0
     again = sitk.ReadImage(str(out / "images" / "head_neck_oar" / "pt_4.mha"))
     assert np.array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(axial.labels))
