@@ -17,7 +17,10 @@ RUN bash /build/install-deps.sh /build/wheels /build /opt/venv
 COPY . /opt/app/
 # Drop build-only files, make everything readable for the non-root user whatever the host's file modes were,
 # and precompile the code (the final image sets PYTHONDONTWRITEBYTECODE, so nothing is written at run time).
+# The compiled fast mode's OpenVINO models of the baked-in weights, converted once here (model/compiled.py), never
+# at run time.
 RUN rm -rf "/opt/app/${WHEELHOUSE}" /opt/app/docker \
+    && cd /opt/app && /opt/venv/bin/python -m model.compiled --model /opt/app/weights --cache /opt/app/compiled \
     && chmod -R u=rwX,go=rX /opt/app \
     && /opt/venv/bin/python -m compileall -q /opt/app
 

@@ -5,7 +5,9 @@ Modes:
                                                       HANSEG_OUTPUT_DIR)
     python process.py --input DIR --output DIR        local, same layout under DIR (images/ct, images/t1-mri)
     python process.py --input DATASET --output DIR    dataset: DATASET/case_XX/case_XX_IMG_CT.nrrd (+ _IMG_MR_T1),
-                                                      one map per case as DIR/case_XX.mha
+                                                      one map per case as DIR/case_XX.mha, DIR/manifest.jsonl;
+                                                      a rerun skips finished cases (cohort/; --engine ray,
+                                                      --shard I/N, --retry-failed, --force)
     python process.py --input STUDY --output DIR      DICOM: a folder (any depth) or .zip of DICOM files, or a
                                                       folder of such studies (dicom_io.cases); --output-type
                                                       mha,rtstruct,dicom-seg adds DIR/dicom/<case>/RTSTRUCT.dcm,
@@ -29,14 +31,15 @@ import contextlib
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from cohort.case_files import apply_threads, build_predictor, first_case_deadline, run_case
+from cohort.job import DatasetOptions, EngineSettings
+from cohort.shard import parse_shard
 from contract.errors import InputError, ModelFolderError, OutputError
-from contract.imageio import read_image, read_scan, write_image_atomic
-from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_dataset_cases, find_folder_case, is_dataset_root
+from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_folder_case, is_dataset_root
 from hanseg.settings import ENV_RECORD_DIR, Settings, SettingsError
 
 log = logging.getLogger("process")
@@ -92,7 +95,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ct-series", metavar="UID", help="DICOM input: SeriesInstanceUID of the CT to segment")
     parser.add_argument("--mr-series", metavar="UID", help="DICOM input: SeriesInstanceUID of the T1 MR to use")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    cohort = parser.add_argument_group("dataset mode (cohorts; cohort/ and README \"Cohorts\")")
+    cohort.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process, one case after another (default); ray: Ray actors that each "
+                        "load the model once (pip install -r requirements-ray.txt)")
+    cohort.add_argument("--address", help="with --engine ray: join this Ray cluster (auto or HOST:PORT) instead "
+                        "of starting a local Ray for the run")
+    cohort.add_argument("--workers", type=int, help="with --engine ray: number of actors (default: one per GPU, "
+                        "else one per --cpus-per-worker CPUs)")
+    cohort.add_argument("--cpus-per-worker", type=int, help="with --engine ray: CPUs (and threads) per actor "
+                        "(default 1)")
+    cohort.add_argument("--shard", metavar="I/N", help="only the cases with hash(case) mod N == I (I from 0), for "
+                        "job arrays: N runs with I = 0..N-1 cover the cohort exactly once")
+    cohort.add_argument("--retry-failed", action="store_true", help="also rerun the cases the manifest records as "
+                        "failed (finished cases are still skipped)")
+    cohort.add_argument("--force", action="store_true", help="redo every case, even those already finished")
     args = parser.parse_args(argv)
+    if any(value is not None and value < 1 for value in (args.workers, args.cpus_per_worker)):
+        parser.error("--workers and --cpus-per-worker must be >= 1")
+    if args.engine != "ray" and (args.address or args.workers or args.cpus_per_worker):
+        parser.error("--address, --workers and --cpus-per-worker need --engine ray")
     try:
         args.dicom = DicomRequest(_parse_output_types(args.output_type), args.ct_series, args.mr_series)
     except ValueError as err:
@@ -106,6 +128,15 @@ def _parse_output_types(text: str) -> frozenset[str]:
     from dicom_io.outputs import parse_output_types
 
     return parse_output_types(text)
+
+
+def dataset_options_from_args(args: argparse.Namespace) -> DatasetOptions:
+    """The dataset-mode flags (raises ValueError naming --shard on a bad value)."""
+    return DatasetOptions(
+        engine=EngineSettings(kind=args.engine, address=args.address, workers=args.workers,
+                              cpus_per_worker=args.cpus_per_worker or 1),
+        shard=parse_shard(args.shard) if args.shard else None,
+        retry_failed=args.retry_failed, force=args.force)
 
 
 def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
@@ -127,56 +158,27 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
     return settings
 
 
-def apply_threads(threads: int | None) -> int:
-    """Set torch's CPU threads once for the whole run: ``threads``, else every core this process may use."""
-    import torch
-
-    from model.predictor import available_cpu_threads
-
-    n = threads or available_cpu_threads()
-    torch.set_num_threads(n)
-    log.info("CPU threads: %d", n)
-    return n
-
-
-def read_case(case: CaseInputs, wants_mr: bool) -> tuple:
-    """The CT (checked, :func:`contract.imageio.read_scan`) and the MR as read (None if the case has none, or
-    the model takes no MR: then the file is never read). An MR file that cannot be read as a 3-D scalar image is
-    an input error; one with unusable intensities is dropped later, by the channel builder."""
-    ct = read_scan(case.ct_path, "CT")
-    if case.mr_path is not None and not wants_mr:
-        log.info("model has no MR channel: %s is not used", case.mr_path)
-    mr = read_image(case.mr_path, "T1 MR") if case.mr_path is not None and wants_mr else None
-    return ct, mr
-
-
-def run_case(case: CaseInputs, output_path: Path, model, options: Settings,  # noqa: ANN001
-             deadline: float | None = None):  # noqa: ANN201 - the label map (sitk.Image)
-    """Segment one case (:func:`hanseg.segment`) and write its label map atomically to ``output_path``; the QA
-    output and the run record too, when asked for. ``deadline``: ``time.monotonic()`` by which the case must be
-    done (None: the time budget from now)."""
-    from hanseg.api import segment
-    from hanseg.record import write_record
-
-    start = time.perf_counter()
-    log.info("case %s: CT %s, MR %s", case.case_id, case.ct_path, case.mr_path or "none")
-    ct, mr = read_case(case, wants_mr=model.folder.mr_channel is not None)
-    mr_source = str(case.mr_path) if case.mr_path else "T1 MR"
-    result = segment(ct, mr, model, deadline=deadline, case_id=case.case_id, mr_source=mr_source,
-                     keep_model_grid=options.qa_dir is not None)
-    del ct, mr
-    write_image_atomic(result.labels, output_path)
-    transforms = [result.mr.ct_to_mr] if result.mr.ct_to_mr is not None else []
-    record = {**result.record, "inputs": {"ct": case.ct_path.name, "mr": case.mr_path.name if case.mr_path else None},
-              "output": output_path.name}
-    if options.qa_dir is not None:
-        write_case_qa(case, result.oriented_ct, result.oriented_labels, result.mr_on_ct, options.qa_dir)
-        write_record(record, options.qa_dir, case.case_id, transforms)
-    if options.record_dir is not None:
-        write_record(record, options.record_dir, case.case_id, transforms)
-    log.info("case %s done in %.1f s: %d OARs labelled -> %s", case.case_id, time.perf_counter() - start,
-             len(result.record["volumes_ml"]), output_path)
-    return result.labels
+def run(input_root: Path, output_root: Path, options: Settings, dataset: DatasetOptions | None = None,
+        dicom: DicomRequest | None = None) -> int:
+    """Process the input root in folder, dataset or DICOM mode. Returns the exit code."""
+    dicom = dicom or DicomRequest()
+    if _is_dicom_input(input_root):
+        return run_dicom(input_root, output_root, options, dicom)
+    if not input_root.is_dir():
+        raise InputError(input_root, "input folder does not exist")
+    if is_dataset_root(input_root):
+        if dicom.output_types != frozenset({"mha"}):
+            raise ValueError(f"{input_root}: --output-type rtstruct/dicom-seg is not yet available for a dataset of "
+                             ".nrrd/.mha cases (use it per case, or on a folder of DICOM studies)")
+        return run_dataset(input_root, output_root, options, dataset or DatasetOptions())
+    if dataset is not None and dataset != DatasetOptions():
+        raise ValueError(f"{input_root}: --engine, --shard, --retry-failed and --force apply to dataset mode only "
+                         "(a folder of case_XX/ folders)")
+    case = find_folder_case(input_root)
+    output_path = output_root / OUTPUT_FOLDER / f"{case.case_id}.mha"
+    run_case_outputs(case, output_path, build_predictor(options), options, dicom, output_root,
+                     first_case_deadline(options))
+    return EXIT_OK
 
 
 def run_case_outputs(case: CaseInputs, output_path: Path, model, options: Settings,  # noqa: ANN001
@@ -187,6 +189,9 @@ def run_case_outputs(case: CaseInputs, output_path: Path, model, options: Settin
     if dicom.output_types == frozenset({"mha"}):
         run_case(case, output_path, model, options, deadline)
         return
+    import SimpleITK as sitk
+
+    from contract.imageio import read_scan
     from dicom_io.outputs import case_dicom_folder, write_dicom_outputs
     from dicom_io.provenance import provenance_for
 
@@ -194,7 +199,8 @@ def run_case_outputs(case: CaseInputs, output_path: Path, model, options: Settin
     dicom_folder = case_dicom_folder(output_root, case.case_id)
     created = [d for d in (output_path.parent, output_path.parent.parent, dicom_folder.parent) if not d.exists()]
     try:
-        labels = run_case(case, staged, model, options, deadline)
+        run_case(case, staged, model, options, deadline)
+        labels = sitk.ReadImage(str(staged))
         write_dicom_outputs(labels, read_scan(case.ct_path, "CT"), ct_headers, dicom_folder, dicom.output_types,
                             provenance_for(options.model_dir), case.case_id)
         if "mha" in dicom.output_types:
@@ -206,50 +212,6 @@ def run_case_outputs(case: CaseInputs, output_path: Path, model, options: Settin
                 folder.rmdir()  # only if empty: nothing of this case is left behind
         raise
     staged.unlink(missing_ok=True)
-
-
-def write_case_qa(case: CaseInputs, ct, labels, mr_on_ct, qa_dir: Path) -> None:  # noqa: ANN001
-    """Quality-control PNG and per-OAR volumes for one case (the MR row shows the registered MR, if any); ``ct``,
-    ``labels`` and ``mr_on_ct`` on the grid the model saw (the CT in the model's orientation)."""
-    from evaluation.qa import write_qa
-
-    try:
-        written = write_qa(ct, labels, qa_dir, case.case_id, mr=mr_on_ct)
-    except ValueError as err:
-        raise OutputError(qa_dir, f"cannot make the QA picture of case {case.case_id} ({err})") from None
-    log.info("QA: %s", ", ".join(str(p) for p in written))
-
-
-def build_predictor(options: Settings):  # noqa: ANN201 - imported lazily to keep --help fast
-    """The model handle (:class:`hanseg.Model`), loaded once for every case of the run."""
-    from hanseg.api import Model
-
-    return Model.load(options.model_dir, options)
-
-
-def first_case_deadline(options: Settings) -> float | None:
-    """The first case's time budget counts from process start (the platform's clock includes start-up)."""
-    from model.budget import process_start_monotonic
-
-    if options.time_budget is None:
-        return None
-    return (process_start_monotonic() or time.monotonic()) + options.time_budget
-
-
-def run(input_root: Path, output_root: Path, options: Settings, dicom: DicomRequest | None = None) -> int:
-    """Process the input root in folder, dataset or DICOM mode. Returns the exit code."""
-    dicom = dicom or DicomRequest()
-    if _is_dicom_input(input_root):
-        return run_dicom(input_root, output_root, options, dicom)
-    if not input_root.is_dir():
-        raise InputError(input_root, "input folder does not exist")
-    if is_dataset_root(input_root):
-        return run_dataset(input_root, output_root, options, dicom)
-    case = find_folder_case(input_root)
-    output_path = output_root / OUTPUT_FOLDER / f"{case.case_id}.mha"
-    run_case_outputs(case, output_path, build_predictor(options), options, dicom, output_root,
-                     first_case_deadline(options))
-    return EXIT_OK
 
 
 def _is_dicom_input(input_root: Path) -> bool:
@@ -307,26 +269,27 @@ def run_dicom_study(study_path: Path, mha_folder: Path, output_root: Path, model
                          ct_headers=study.ct.headers)
 
 
-def run_dataset(input_root: Path, output_root: Path, options: Settings, dicom: DicomRequest | None = None) -> int:
-    """Every case folder under ``input_root``: finish all that can be done, report the others."""
-    cases, failed = find_dataset_cases(input_root)
-    log.info("dataset mode: %d cases under %s", len(cases), input_root)
-    predictor = build_predictor(options) if cases else None
-    written = 0
-    deadline = first_case_deadline(options)
-    for case in cases:
-        try:
-            run_case_outputs(case, output_root / f"{case.case_id}.mha", predictor, options, dicom or DicomRequest(),
-                             output_root, deadline)
-            written += 1
-        except (InputError, OutputError) as err:
-            log.error("case %s failed: %s", case.case_id, err)
-            failed.append((case.ct_path.parent, err))
-        deadline = None  # later cases: the budget counts from their own start
-    log.info("dataset mode: %d of %d cases written to %s", written, written + len(failed), output_root)
-    for folder, err in failed:
-        print(f"error: case {folder.name}: {err}", file=sys.stderr)
-    return EXIT_INPUT if failed else EXIT_OK
+def run_dataset(input_root: Path, output_root: Path, options: Settings, dataset: DatasetOptions) -> int:
+    """Every case folder under ``input_root`` (:mod:`cohort`): the manifest in ``output_root`` lets a rerun skip
+    finished cases; every failure is recorded and the run goes on; the summary groups the failures."""
+    from cohort.job import CohortJob, RunnerSpec, model_identity, software_version
+    from cohort.run import run_cohort
+
+    case_options = replace(options, progress=False)  # the cohort shows one bar over the cases
+    if dataset.engine.kind == "ray":  # one thread per CPU of the actor unless --threads says otherwise
+        case_options = replace(case_options, threads=options.threads or dataset.engine.cpus_per_worker)
+    facts = {
+        "software": software_version(),
+        "model": model_identity(options.model_dir, list(options.folds) if options.folds else None),
+        "settings": {"device": options.device, "use_mirroring": options.use_mirroring, "tile_step": options.tile_step,
+                     "fast": options.fast, "time_budget": options.time_budget, "reorient": options.reorient},
+    }
+    runner = RunnerSpec("cohort.case_files:build_case_runner", asdict(case_options))
+    job = CohortJob(input_root, output_root, runner, facts, options=dataset, progress=options.progress)
+    summary = run_cohort(job)
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    return summary.exit_code()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -338,8 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         options = settings_from_args(args)
+        dataset = dataset_options_from_args(args)
         apply_threads(options.threads)
-        return run(options.input_root, options.output_root, options, args.dicom)
+        return run(options.input_root, options.output_root, options, dataset, args.dicom)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INPUT

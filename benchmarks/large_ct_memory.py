@@ -8,6 +8,11 @@ into a cgroup (v1 ``memory`` or v2) with that hard limit, as the platform and ``
 kernel kills it if it goes over (exit -9), which the report states.
 
     python -m benchmarks.large_ct_memory [--model weights] [--limit-gb 8] [--size 1024 1024 300]
+    python -m benchmarks.large_ct_memory --hanseg-plan --limit-gb 16 --size 1024 1024 200 -- --no-tta
+
+``--hanseg-plan``: instead of ``--model``, a 31-class random-weight model folder with a 3d_fullres-sized plan
+(0.56 x 0.56 x 2 mm, patch 40 x 224 x 192, tiny features; ``benchmarks.gpu_check.HANSEG_PLAN``), the CT made at
+that spacing: the fp16 ensemble sum alone is ~13 GB, the host path must fit under 16 GB.
 
 Last line: ``RESULT peak RSS X GB (limit L GB): exit N``.
 """
@@ -36,11 +41,12 @@ CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 CGROUP_V2 = Path("/sys/fs/cgroup/unified")
 
 
-def make_input(root: Path, case: str = "pt_201", size_xyz: Sequence[int] = LARGE_SIZE_XYZ) -> Path:
+def make_input(root: Path, case: str = "pt_201", size_xyz: Sequence[int] = LARGE_SIZE_XYZ,
+               spacing_xyz: Sequence[float] = LARGE_SPACING_XYZ) -> Path:
     """ROOT/images/ct/large.mha (int16) and ROOT/images/t1-mri/large_t1.mha (T1-like, 1 x 1 x 3 mm, moved)."""
     from preprocessing.synthetic_t1 import make_t1_like
 
-    ct = hanseg_sized_ct(sitk.ReadImage(str(OPENKBP / case / "ct.nii.gz")), size_xyz, LARGE_SPACING_XYZ)
+    ct = hanseg_sized_ct(sitk.ReadImage(str(OPENKBP / case / "ct.nii.gz")), size_xyz, spacing_xyz)
     mr = make_t1_like(ct, rotation_deg=(2.0, -3.0, 2.0), translation_mm=(10.0, -15.0, 6.0), spacing_mm=(1.0, 1.0, 3.0),
                       seed=5).image
     for sub, name, image in (("ct", "large.mha", ct), ("t1-mri", "large_t1.mha", mr)):
@@ -100,16 +106,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit-gb", type=float, help="hard memory limit (cgroup) for the run")
     parser.add_argument("--size", type=int, nargs=3, default=list(LARGE_SIZE_XYZ), help="CT size x y z (voxels)")
     parser.add_argument("--workdir", type=Path, help="keep inputs/outputs here (default: a temporary folder)")
+    parser.add_argument("--hanseg-plan", action="store_true",
+                        help="31-class random model with a 3d_fullres-sized plan instead of --model")
     parser.add_argument("extra", nargs="*", help="extra process.py arguments (after --)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="large_ct_") as tmp:
         workdir = args.workdir or Path(tmp)
-        root = make_input(workdir / "input", size_xyz=args.size)
+        spacing = LARGE_SPACING_XYZ
+        if args.hanseg_plan:
+            from benchmarks.gpu_check import HANSEG_PLAN
+            from devkit.make_test_model import make_test_model
+
+            args.model = make_test_model(workdir / "model_31", folds=2, mirror_axes=(2,), **HANSEG_PLAN)
+            spacing = tuple(reversed(HANSEG_PLAN["spacing_zyx"]))
+        root = make_input(workdir / "input", size_xyz=args.size, spacing_xyz=spacing)
         code, seconds, peak, last = run_process(root, workdir / "output", args.model, args.limit_gb, args.extra)
         written = list((workdir / "output").rglob("*.mha"))
     limit = f"{args.limit_gb:g} GB" if args.limit_gb else "none"
-    print(f"model: {args.model} | CT {' x '.join(map(str, args.size))} at {LARGE_SPACING_XYZ} mm + T1 MR | "
+    print(f"model: {args.model} | CT {' x '.join(map(str, args.size))} at {spacing} mm + T1 MR | "
           f"memory limit: {limit}")
     print(f"wall {seconds:.1f} s | outputs written: {len(written)} | last log line: {last[:160]}")
     killed = " (killed: over the memory limit)" if code == -9 else ""

@@ -75,20 +75,22 @@ def logits_to_labels(
     current_spacing: Sequence[float],
     target_spacing: Sequence[float],
     force_separate_z: bool | None = None,
+    on_device: bool = False,
 ) -> np.ndarray:
-    """Argmax of ``logits`` resampled to ``target_shape``, computed chunk by chunk (see the module docstring).
+    """Argmax of ``logits`` resampled to ``target_shape``.
 
     Args:
-        logits: ``(K, *spatial)`` logits on the model grid (any float dtype; computed on the CPU).
+        logits: ``(K, *spatial)`` logits on the model grid (any float dtype).
         target_shape: spatial shape to resample to (voxels, same axis order).
         current_spacing, target_spacing: spacings (mm) of the logits grid and the target grid.
         force_separate_z: nnU-Net's ``resampling_fn_probabilities_kwargs['force_separate_z']``.
+        on_device: resample every class densely where ``logits`` are (:func:`dense_labels`: the GPU path, whose
+            output grid buffers must fit there); otherwise chunk by chunk on the host (module docstring).
 
     Returns:
         ``uint8`` (or ``uint16`` for >255 classes) array of model label indices with ``target_shape``.
     """
     target_shape = tuple(int(s) for s in target_shape)
-    logits = logits.cpu()
     n_classes, source_shape = logits.shape[0], tuple(logits.shape[1:])
     dtype = np.uint8 if n_classes <= 256 else np.uint16
     if source_shape == target_shape:
@@ -97,8 +99,10 @@ def logits_to_labels(
         sep_axis = separate_z_axis(current_spacing, target_spacing, force_separate_z)
         modes = ["nearest" if a == sep_axis else "linear" for a in range(len(target_shape))]
     maps = [_AxisMap.build(o, n, m) for o, n, m in zip(source_shape, target_shape, modes)]
-    # Ties break on the first maximal index, as in nnU-Net (its resampled logits are fp16 too).
-    coarse = logits.argmax(0).to(torch.int16)
+    if on_device:
+        return dense_labels(logits, maps).cpu().numpy().astype(dtype, copy=False)
+    logits = logits.cpu()
+    coarse = chunked_argmax(logits)
     uniform = _cell_uniform(coarse, [a for a, m in enumerate(modes) if m == "linear"])
     out = np.empty(target_shape, dtype=dtype)
     plane = int(np.prod(target_shape[1:]))
@@ -109,6 +113,58 @@ def logits_to_labels(
         n_mixed += _fill_rows(out, logits, coarse, uniform, maps, start, stop)
     log.debug("export: %d of %d output voxels interpolated (mixed cells)", n_mixed, out.size)
     return out
+
+
+def chunked_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``int16`` argmax over the class axis of ``(K, *spatial)`` logits, a chunk of rows at a time (torch's argmax
+    of the whole volume would make an int64 copy, 8 bytes per voxel). Ties break on the first maximal index, as in
+    nnU-Net (its resampled logits are fp16 too)."""
+    out = torch.empty(logits.shape[1:], dtype=torch.int16)
+    plane = int(np.prod(logits.shape[2:]))
+    rows = max(1, CHUNK_VOXELS // max(plane, 1))
+    for start in range(0, logits.shape[1], rows):
+        out[start:start + rows] = logits[:, start:start + rows].argmax(0)
+    return out
+
+
+def _resample_dense(volume: torch.Tensor, maps: Sequence[_AxisMap]) -> torch.Tensor:
+    """One class ``volume`` (spatial, float32) resampled to the output grid: the separable float32 lerps of
+    :func:`_interpolate_points` (axes 1..n-1 first, then axis 0), for every output voxel."""
+    ndim = len(maps)
+    for axis in [*range(1, ndim), 0]:
+        axis_map = maps[axis]
+        lower = torch.from_numpy(axis_map.lower).to(volume.device)
+        low = volume.index_select(axis, lower)
+        if axis_map.lower is axis_map.upper or bool((axis_map.lower == axis_map.upper).all()):
+            volume = low
+            continue
+        high = volume.index_select(axis, torch.from_numpy(axis_map.upper).to(volume.device))
+        shape = [1] * ndim
+        shape[axis] = -1
+        volume = torch.lerp(low, high, torch.from_numpy(axis_map.weight).to(volume.device).view(shape))
+        del low, high
+    return volume
+
+
+def dense_labels(logits: torch.Tensor, maps: Sequence[_AxisMap]) -> torch.Tensor:
+    """Argmax of every class resampled densely on ``logits``' device (the GPU export), class by class with a
+    running fp16 maximum (first maximal class wins ties, as ``argmax``). Output ``uint8`` (``int16`` for > 256
+    classes) on that device."""
+    best_value: torch.Tensor | None = None
+    best = None
+    for k in range(logits.shape[0]):
+        value = _resample_dense(logits[k].float(), maps).half()
+        if best_value is None:
+            best_value = value
+            best = torch.zeros(value.shape, dtype=torch.uint8 if logits.shape[0] <= 256 else torch.int16,
+                               device=value.device)
+            continue
+        better = value > best_value
+        best_value = torch.where(better, value, best_value)
+        best.masked_fill_(better, k)
+        del value, better
+    assert best is not None
+    return best
 
 
 def _gather_cells(volume: torch.Tensor, maps: Sequence[_AxisMap], start: int, stop: int) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 What it changes against exact mode (measured agreement and speed: ``benchmarks/README.md``):
 
+- the network's forward pass runs compiled by OpenVINO (:mod:`model.compiled`; bf16 inference precision where the
+  CPU has native bf16, else f32) when OpenVINO is installed (it is in the image); otherwise, in torch:
 - bf16 autocast for the network on CPUs with native bf16 instructions (``avx512_bf16`` or AMX); logits are
   still averaged and accumulated in float32 / fp16 as in exact mode. Off on CPUs without them (slower there).
 - mirroring test-time augmentation only over the last spatial axis (the left-right flip for nnU-Net's usual
@@ -18,6 +20,7 @@ All folds are kept. Everything else (preprocessing, export) is the exact pipelin
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,19 +55,34 @@ class FastSettings:
     autocast_dtype: torch.dtype | None
     mirror_axes: tuple[int, ...]
     batch_tiles: int = BATCH_TILES
+    compiled: bool = False
+    """The forward pass runs in OpenVINO (:mod:`model.compiled`) instead of torch."""
 
     def describe(self) -> str:
-        precision = "bf16 autocast" if self.autocast_dtype == torch.bfloat16 else "fp32"
+        if self.compiled:
+            precision = f"OpenVINO {'bf16' if cpu_has_native_bf16() else 'f32'}"
+        else:
+            precision = "bf16 autocast" if self.autocast_dtype == torch.bfloat16 else "fp32"
         return f"{precision}, mirror axes {self.mirror_axes}, {self.batch_tiles} tiles per forward pass"
 
 
+def openvino_available() -> bool:
+    """Whether OpenVINO is installed (it is in the image; without it ``--fast`` runs torch with bf16)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
 def fast_settings(device: torch.device, model_mirror_axes: Sequence[int], use_mirroring: bool = True,
-                  bf16: bool | None = None) -> FastSettings:
-    """Fast-mode settings: bf16 autocast if the CPU has it (``bf16`` overrides), mirroring over the last axis."""
+                  bf16: bool | None = None, compiled: bool | None = None) -> FastSettings:
+    """Fast-mode settings: mirroring over the last axis; on the CPU the OpenVINO-compiled network if OpenVINO is
+    installed (``compiled`` overrides), else bf16 autocast if the CPU has it (``bf16`` overrides)."""
+    if compiled is None:
+        compiled = openvino_available()
+    compiled = compiled and device.type == "cpu"
     if bf16 is None:
         bf16 = device.type == "cpu" and cpu_has_native_bf16()
     axes = tuple(model_mirror_axes)
     mirror = (max(axes),) if (use_mirroring and axes) else ()
-    settings = FastSettings(torch.bfloat16 if bf16 and device.type == "cpu" else None, mirror)
+    dtype = torch.bfloat16 if bf16 and device.type == "cpu" and not compiled else None
+    settings = FastSettings(dtype, mirror, compiled=compiled)
     log.info("fast mode: %s", settings.describe())
     return settings

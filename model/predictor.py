@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,12 +20,25 @@ from tqdm import tqdm
 from contract.errors import ModelFolderError
 from contract.labels import lateral_splits, model_to_hanseg_lookup
 from model.budget import BudgetController, Plan, describe_loss, plan_for_budget, time_forward
+from model.device import autocast_for
 from model.export import labels_to_image_array, logits_to_labels
 from model.fast import fast_settings
-from model.model_folder import ModelFolder
+from model.model_folder import Fold, ModelFolder
 from model.network import build_network, load_fold_weights
+from model.placement import (
+    Placement,
+    choose_placement,
+    cpu_placement,
+    empty_device_cache,
+    estimate_need,
+    host_tensor,
+    next_placement,
+    probe_activation_bytes,
+    to_results,
+    weight_bytes,
+)
 from model.preprocess import PreprocessedCase, preprocess_case
-from model.sliding_window import pad_to_patch, padded_shape, sliding_window_logits, tile_slicers
+from model.sliding_window import FoldAccumulator, pad_to_patch, padded_shape, sliding_window_logits, tile_slicers
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +103,8 @@ class Predictor:
         self.network = build_network(model).to(device)
         load_fold_weights(self.network, model.folds[0].weights, str(model.folds[0].path))
         self.fast = fast_settings(device, model.mirror_axes, options.use_mirroring) if options.fast else None
+        self.last_placement: Placement = cpu_placement()
+        self._compiled: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
@@ -150,24 +165,69 @@ class Predictor:
         controller.given_up.extend(lost)
         return plan, controller
 
+    def placement(self, case: PreprocessedCase) -> Placement:
+        """Where this case's tensors live (:mod:`model.placement`); logged."""
+        if self.device.type != "cuda":
+            return cpu_placement()
+        config = self.model.configuration
+        data, _ = pad_to_patch(case.data, config.patch_size)
+        slicers = tile_slicers(data.shape[1:], config.patch_size, self.options.tile_step)
+        batch = self.fast.batch_tiles if self.fast is not None else 1
+        tiles = torch.stack([data[s] for s in slicers[:batch]])
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                    else autocast_for(self.device))
+        need = estimate_need(case.data.shape, self.model.num_classes, config.patch_size, case.shape_after_cropping,
+                             weight_bytes(self.network),
+                             probe_activation_bytes(self.network, tiles, self.device, autocast))
+        chosen = choose_placement(self.device, need)
+        log.info("memory: %s", chosen.reason)
+        return chosen
+
+    def _forward_for(self, fold: Fold) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The forward pass of ``fold`` (its weights already in ``self.network``): the torch network, or in
+        compiled fast mode its OpenVINO model (compiled once per fold and kept)."""
+        if self.fast is None or not self.fast.compiled:
+            return self.network
+        if fold.name not in self._compiled:
+            from model.compiled import compile_fold
+
+            self._compiled[fold.name] = compile_fold(self.model, fold, self.network, torch.get_num_threads())
+        return self._compiled[fold.name]
+
+    def _move_network(self, placement: Placement) -> None:
+        if next(self.network.parameters()).device != placement.network_device:
+            self.network.to(placement.network_device)
+
     @torch.inference_mode()
     def predict_logits(self, case: PreprocessedCase, deadline: float | None = None,
-                       report: PredictionReport | None = None) -> torch.Tensor:
-        """Mean fp16 logits of all (planned) folds on the model grid, ``(K, *spatial)``, on the CPU. ``deadline``:
-        see :meth:`plan`; ``report`` (if given) is filled with what ran and what the time budget gave up."""
+                       report: PredictionReport | None = None, placement: Placement | None = None) -> torch.Tensor:
+        """Mean fp16 logits of all (planned) folds on the model grid, ``(K, *spatial)``, on the placement's
+        results device (the GPU on the device path, else the host).
+
+        A CUDA out-of-memory error in a fold moves the run one step down device -> host -> cpu
+        (:func:`model.placement.next_placement`) and retries that fold there, or all folds if the failed one had
+        already written part of the ensemble sum; it is logged, never a crash. ``deadline``: see :meth:`plan`;
+        ``report`` (if given) is filled with what ran and what the time budget gave up.
+        """
         config = self.model.configuration
+        placement = placement or self.placement(case)
+        self.last_placement = placement
         plan, controller = self.plan(case, deadline)
         n_tiles = self._n_tiles(case, plan.tile_step)
         folds = self.model.folds[:plan.n_folds]
         log.info(
-            "predicting: %d folds x %d tiles, patch %s, mirror axes %s%s", len(folds), n_tiles,
-            config.patch_size, plan.mirror_axes, f", {self.fast.describe()}" if self.fast else "",
+            "predicting: %d folds x %d tiles, patch %s, mirror axes %s%s, %s path", len(folds), n_tiles,
+            config.patch_size, plan.mirror_axes, f", {self.fast.describe()}" if self.fast else "", placement.path,
         )
-        summed: torch.Tensor | None = None
+        self._move_network(placement)
+        data = to_results(case.data, placement)
+        summed = host_tensor((self.model.num_classes, *case.data.shape[1:]), torch.half, placement)
         done = 0
+        accumulators: list[FoldAccumulator] = []
         with tqdm(total=n_tiles * len(folds), desc="tiles", unit="tile", disable=not self.options.progress,
                   mininterval=2) as bar:
-            for fold in folds:
+            while done < len(folds):
+                fold = folds[done]
                 if controller is not None and done and not controller.fold_fits(n_tiles):
                     msg = f"folds {len(folds)} -> {done} (running late)"
                     controller.given_up.append(msg)
@@ -176,22 +236,47 @@ class Predictor:
                 if controller is not None:
                     controller.mirror_axes = plan.mirror_axes
                 load_fold_weights(self.network, fold.weights, str(fold.path))
-                logits = sliding_window_logits(
-                    self.network,
-                    case.data,
-                    config.patch_size,
-                    self.model.num_classes,
-                    mirror_axes=plan.mirror_axes,
-                    step_fraction=plan.tile_step,
-                    device=self.device,
-                    on_tile=bar.update,
-                    autocast_dtype=self.autocast_dtype,
-                    controller=controller,
-                    batch_tiles=self.fast.batch_tiles if self.fast is not None else 1,
-                ).to("cpu")
-                summed = logits if summed is None else summed.add_(logits)
+                accumulators.clear()
+                try:
+                    sliding_window_logits(
+                        self._forward_for(fold),
+                        data,
+                        config.patch_size,
+                        self.model.num_classes,
+                        mirror_axes=plan.mirror_axes,
+                        step_fraction=plan.tile_step,
+                        device=placement.network_device,
+                        on_tile=bar.update,
+                        autocast_dtype=self.autocast_dtype,
+                        controller=controller,
+                        batch_tiles=self.fast.batch_tiles if self.fast is not None else 1,
+                        out=summed,
+                        first=done == 0,
+                        results_device=placement.results_device,
+                        on_accumulator=accumulators.append,
+                    )
+                except torch.OutOfMemoryError as err:
+                    if placement.path == "cpu":
+                        raise
+                    written = accumulators[0].flushed_rows if accumulators else 0
+                    failed = placement
+                    placement = next_placement(placement)
+                    self.last_placement = placement
+                    accumulators.clear()
+                    restart = written > 0 and done > 0
+                    log.warning("CUDA out of memory in fold %s on the %s path (%s): retrying %s on the %s path",
+                                fold.path.name, failed.path, str(err).splitlines()[0][:120],
+                                "all folds" if restart else "this fold", placement.path)
+                    summed = to_results(summed, placement) if done and not restart else \
+                        host_tensor(summed.shape, torch.half, placement)
+                    data = to_results(case.data, placement)
+                    empty_device_cache(failed.network_device)
+                    self._move_network(placement)
+                    bar.reset()
+                    if restart:
+                        done = 0
+                    continue
                 done += 1
-        assert summed is not None
         if done > 1:
             summed /= done
         if report is not None:
@@ -225,14 +310,20 @@ class Predictor:
         ``report``: see :meth:`predict_logits`."""
         logits = self.predict_logits(case, deadline, report)
         kwargs = self.model.configuration.probabilities_resampling_kwargs
-        labels = logits_to_labels(
-            logits,
-            case.shape_after_cropping,
-            case.model_spacing,
-            case.original_spacing,
-            force_separate_z=kwargs.get("force_separate_z", False),
-        )
-        return labels_to_image_array(labels, case, self.lookup)
+        export = {"target_shape": case.shape_after_cropping, "current_spacing": case.model_spacing,
+                  "target_spacing": case.original_spacing, "force_separate_z": kwargs.get("force_separate_z", False)}
+        labels = None
+        if self.last_placement.export_on_device:
+            try:
+                labels = logits_to_labels(logits, on_device=True, **export)
+            except torch.OutOfMemoryError:
+                log.warning("CUDA out of memory in the GPU export: exporting in chunks on the host instead")
+                empty_device_cache(logits.device)
+        if labels is None:
+            labels = logits_to_labels(logits.cpu(), **export)
+        del logits
+        result = labels_to_image_array(labels, case, self.lookup)
+        return result
 
 
 def estimate_export_seconds(case: PreprocessedCase, num_classes: int) -> float:

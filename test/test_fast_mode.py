@@ -59,14 +59,32 @@ def test_bf16_by_default_only_on_cpus_that_have_it(
     monkeypatch: pytest.MonkeyPatch, has_bf16: bool, expected: torch.dtype | None
 ) -> None:
     cpu_flags(monkeypatch, has_bf16)
-    assert fast_settings(CPU, (0, 1, 2)).autocast_dtype == expected
+    assert fast_settings(CPU, (0, 1, 2), compiled=False).autocast_dtype == expected
 
 
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_an_explicit_bf16_choice_overrides_the_cpu_flags(monkeypatch: pytest.MonkeyPatch, has_bf16: bool) -> None:
     cpu_flags(monkeypatch, has_bf16)
-    assert fast_settings(CPU, (0, 1, 2), bf16=True).autocast_dtype == torch.bfloat16
-    assert fast_settings(CPU, (0, 1, 2), bf16=False).autocast_dtype is None
+    assert fast_settings(CPU, (0, 1, 2), bf16=True, compiled=False).autocast_dtype == torch.bfloat16
+    assert fast_settings(CPU, (0, 1, 2), bf16=False, compiled=False).autocast_dtype is None
+
+
+@pytest.mark.parametrize("bf16", [None, True, False])
+def test_the_compiled_runtime_replaces_torch_autocast_on_the_cpu_only(monkeypatch: pytest.MonkeyPatch,
+                                                                     bf16: bool | None) -> None:
+    cpu_flags(monkeypatch, True)
+    on_cpu = fast_settings(CPU, (0, 1, 2), bf16=bf16, compiled=True)
+    assert on_cpu.compiled and on_cpu.autocast_dtype is None and on_cpu.mirror_axes == (2,)
+    assert on_cpu.describe().startswith("OpenVINO bf16,")
+    assert not fast_settings(torch.device("cuda"), (0, 1, 2), bf16=bf16, compiled=True).compiled
+
+
+def test_compiled_is_the_default_where_openvino_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.compiled
+
+    for installed in (True, False):
+        monkeypatch.setattr(model.compiled, "available", lambda installed=installed: installed)
+        assert fast_settings(CPU, (0, 1, 2)).compiled is installed
 
 
 @pytest.mark.parametrize("bf16", [None, True, False])
@@ -80,7 +98,7 @@ def test_never_bf16_on_a_cuda_device(monkeypatch: pytest.MonkeyPatch, bf16: bool
 
 def test_the_settings_are_described_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="model.fast"):
-        bf16 = fast_settings(CPU, (0, 1, 2), bf16=True)
+        bf16 = fast_settings(CPU, (0, 1, 2), bf16=True, compiled=False)
     assert bf16.describe() == f"bf16 autocast, mirror axes (2,), {BATCH_TILES} tiles per forward pass"
     assert f"fast mode: {bf16.describe()}" in caplog.text
     assert FastSettings(None, (), 3).describe() == "fp32, mirror axes (), 3 tiles per forward pass"
@@ -181,10 +199,12 @@ def test_the_predictor_takes_its_mirroring_and_precision_from_fast_mode(
     tiny_model_3_axes: Path, monkeypatch: pytest.MonkeyPatch, fast_mode: bool, use_mirroring: bool, has_bf16: bool,
     axes: tuple[int, ...], dtype: torch.dtype | None,
 ) -> None:
+    import model.compiled
     from model.model_folder import load_model_folder
     from model.predictor import Predictor, PredictorOptions
 
     cpu_flags(monkeypatch, has_bf16)
+    monkeypatch.setattr(model.compiled, "available", lambda: False)  # the torch fallback of fast mode
     options = PredictorOptions(progress=False, fast=fast_mode, use_mirroring=use_mirroring)
     predictor = Predictor(load_model_folder(tiny_model_3_axes), CPU, options)
     assert predictor.mirror_axes == axes
@@ -203,11 +223,13 @@ def test_fast_mode_with_bf16_keeps_the_shape_and_almost_every_label(
     many voxels near a tie between two of the 31 classes, which bf16's 8-bit mantissa flips. 0.97 allows ~3x the
     measured disagreement.
     """
+    import model.compiled
     import model.predictor as predictor_module
     from model.model_folder import load_model_folder
     from model.predictor import Predictor, PredictorOptions
 
     cpu_flags(monkeypatch, True)
+    monkeypatch.setattr(model.compiled, "available", lambda: False)  # the torch fallback of fast mode
     model = load_model_folder(tiny_model)
     channels = random_ct_and_t1(SHAPE_ZYX)
     exact = Predictor(model, CPU, PredictorOptions(progress=False)).predict(channels, SPACING_XYZ)

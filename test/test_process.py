@@ -187,7 +187,7 @@ def test_dataset_mode_finishes_good_cases_and_reports_the_bad_one(real_ct, small
     result = run_process("--input", root, "--output", tmp_path / "out", "--model", small_model, "--no-tta",
                          "--folds", "0")
     assert result.returncode == 2, result.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case_01.mha", "case_03.mha"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case_01.mha", "case_03.mha", "manifest.jsonl"]
     assert "case_02" in result.stderr.strip().splitlines()[-1] and str(broken) in result.stderr
     assert "2 of 3 cases written" in result.stderr
 

@@ -55,14 +55,17 @@ def test_axis_by_axis_linear_equals_torch_trilinear():
         ((31, 10, 30, 30), (5.0, 1.0, 1.0), (10, 30, 30), (5.0, 1.0, 1.0), 100),  # same grid
     ],
 )
+@pytest.mark.parametrize("on_device", [False, True], ids=["chunked-host", "dense-gpu-path"])
 def test_chunked_export_matches_nnunet_argmax(monkeypatch, shape, model_spacing, target_shape, target_spacing,
-                                              chunk_voxels):
+                                              chunk_voxels, on_device):
+    """Both exports (chunked on the host; dense, class by class, as on the GPU) give nnU-Net's argmax."""
     import model.export
 
     monkeypatch.setattr(model.export, "CHUNK_VOXELS", chunk_voxels)
     torch.manual_seed(0)
     logits = (torch.randn(shape) * 3).half()
-    ours = logits_to_labels(logits, target_shape, model_spacing, target_spacing, force_separate_z=None)
+    ours = logits_to_labels(logits, target_shape, model_spacing, target_spacing, force_separate_z=None,
+                            on_device=on_device)
     resampled = nnunet_resampling.resample_data_or_seg_to_shape(
         logits, target_shape, model_spacing, target_spacing, is_seg=False, order=1, order_z=0, force_separate_z=None
     )

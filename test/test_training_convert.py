@@ -133,7 +133,13 @@ def test_hanseg_conversion(hanseg_root: Path, tmp_path: Path, monkeypatch: pytes
     rec = {r["case"]: r for r in report["cases"]}
     assert rec["case_01"]["overlap_voxels"] == {"Glottis&Larynx_SG": 4 * 4 * 4}
     assert rec["case_01"]["t1"]["registration_accepted"] is True
-    assert set(rec["case_01"]["oars_missing"]) == set(HANSEG_OAR_NAMES) - {"Brainstem", "Glottis", "Larynx_SG"}
+    # missing = only the dataset's OARs (those some case has): case_01 has all three, case_02 lacks two of them
+    assert rec["case_01"]["oars_missing"] == []
+    assert rec["case_02"]["oars_missing"] == ["Glottis", "Larynx_SG"]
+    assert set(report["summary"]["oars_in_no_case"]) == set(HANSEG_OAR_NAMES) - {"Brainstem", "Glottis", "Larynx_SG"}
+    assert report["summary"]["oar_table"] is None and rec["case_01"]["listed_in_oar_table"] is None
+    availability = json.loads((out / "label_availability.json").read_text())
+    assert availability["cases"] == {"case_01": ["Brainstem", "Glottis", "Larynx_SG"]}  # training cases only
     assert rec["case_02"]["split"].startswith("test")
     assert rec["case_02"]["t1"]["t1_channel_zeros"] is True  # no MR -> zeros, recorded
     assert "Glottis" in report["summary"]["cases_missing_oars"]["case_02"]

@@ -52,9 +52,18 @@ def _to_hanseg(src: Path, dst: Path, lut: np.ndarray) -> None:
     sitk.WriteImage(out, str(dst), useCompression=True)
 
 
-def process_inputs(images: Path, root: Path, with_mr: bool) -> int:
-    """Dataset-mode input for process.py: ``root/<case>/<case>_IMG_CT.nrrd`` (+ ``_IMG_MR_T1.nrrd``, the case's
-    synthetic T1 in its own geometry). Returns the number of cases."""
+def source_mr_files(source: Path) -> dict[str, Path]:
+    """Case id -> the case's own T1 MR file, for every case under a HaN-Seg-layout ``source`` that has one."""
+    from training.convert_hanseg import MR_SUFFIX, find_cases
+
+    return {case: d / f"{case}{MR_SUFFIX}" for case, d in find_cases(source).items()
+            if (d / f"{case}{MR_SUFFIX}").is_file()}
+
+
+def process_inputs(images: Path, root: Path, with_mr: bool, mr_files: dict[str, Path] | None = None) -> int:
+    """Dataset-mode input for process.py: ``root/<case>/<case>_IMG_CT.nrrd`` (+ ``_IMG_MR_T1.nrrd``). The MR is the
+    case's own file from ``mr_files`` (a HaN-Seg source; a case without one gets none), else the case's synthetic
+    T1 in its own geometry (OpenKBP). Returns the number of cases."""
     from training.convert_openkbp import case_seed
     from training.t1_channel import synthetic_mr
 
@@ -64,7 +73,10 @@ def process_inputs(images: Path, root: Path, with_mr: bool) -> int:
         (root / case).mkdir(parents=True, exist_ok=True)
         ct = sitk.ReadImage(str(ct_path))
         sitk.WriteImage(ct, str(root / case / f"{case}_IMG_CT.nrrd"), useCompression=True)
-        if with_mr:
+        if with_mr and mr_files is not None:
+            if case in mr_files:
+                shutil.copyfile(mr_files[case], root / case / f"{case}_IMG_MR_T1.nrrd")
+        elif with_mr:
             mr, _ = synthetic_mr(ct, case_seed(case))
             sitk.WriteImage(mr, str(root / case / f"{case}_IMG_MR_T1.nrrd"), useCompression=True)
     return len(cts)
@@ -84,8 +96,12 @@ def predict(model: Path, root: Path, out: Path, n_cases: int, threads: int | Non
     return (time.time() - t0) / max(1, n_cases)
 
 
-def evaluate(model: Path, raw: Path, work: Path, threads: int | None = None) -> dict[str, Any]:
-    """Run steps 1-4 (module docstring); return ``{"with_t1": summary, "without_t1": summary, ...}``."""
+def evaluate(model: Path, raw: Path, work: Path, threads: int | None = None,
+             source: Path | None = None) -> dict[str, Any]:
+    """Run steps 1-4 (module docstring); return ``{"with_t1": summary, "without_t1": summary, ...}``.
+
+    ``source``: the HaN-Seg-layout folder the raw dataset was converted from; its real MRs are used.
+    """
     from evaluation.evaluate import evaluate_folder, write_outputs
 
     raw_dataset = json.loads((raw / "dataset.json").read_text())
@@ -98,19 +114,29 @@ def evaluate(model: Path, raw: Path, work: Path, threads: int | None = None) -> 
     gt_dir.mkdir(parents=True, exist_ok=True)
     for lab in sorted((raw / "labelsTs").glob(f"*{FILE_ENDING}")):
         _to_hanseg(lab, gt_dir / lab.name, lut)
+    mr_files = None if source is None else source_mr_files(source)
     results: dict[str, Any] = {"model": str(model), "cases": sorted(p.name for p in gt_dir.iterdir()),
-                               "predictor": "process.py"}
+                               "predictor": "process.py", "heldout_note": heldout_note(raw, source)}
     for variant, with_mr in (("with_t1", True), ("without_t1", False)):
         root, pred = work / f"input_{variant}", work / f"pred_{variant}"
         for stale in (root, pred):  # an earlier run's files would be scored again (or twice)
             shutil.rmtree(stale, ignore_errors=True)
-        n_cases = process_inputs(raw / "imagesTs", root, with_mr)
+        n_cases = process_inputs(raw / "imagesTs", root, with_mr, mr_files)
         secs = predict(model, root, pred, n_cases, threads)
         ev = evaluate_folder(pred, gt_dir)
         write_outputs(ev, work / f"eval_{variant}")
         results[variant] = {"seconds_per_case": round(secs, 1), "summary": ev.summary}
         log.info("%s: mean DSC %.3f", variant, ev.summary["all"]["dsc"]["mean"])
     return results
+
+
+def heldout_note(raw: Path, source: Path | None) -> dict[str, str]:
+    """Where the held-out cases and their T1 come from, for the model card."""
+    if source is not None:
+        return {"cases": f"imagesTs of {raw.name}, held out at conversion, never trained on",
+                "t1": f"\"With T1\" uses each case's own MR file from {source.name} (registered by process.py)."}
+    return {"cases": "OpenKBP validation-pats, never trained on",
+            "t1": "\"With T1\" means the SYNTHETIC T1 (these patients have no MR)."}
 
 
 def output_oar_names(dataset: dict[str, Any]) -> list[str]:
@@ -143,12 +169,13 @@ def heldout_markdown(results: dict[str, Any], labels: list[str], baseline: dict[
     def num(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
+    note = results.get("heldout_note") or heldout_note(Path("raw"), None)
     base_cols = f" {baseline_name} Dice with T1 | {baseline_name} Dice without T1 |" if baseline else ""
     lines = [
-        f"Cases ({len(results['cases'])}): {', '.join(c.split('.')[0] for c in results['cases'])} (OpenKBP "
-        "validation-pats, never trained on). Predicted by process.py (dataset mode: registration of the case's "
-        "synthetic T1, all exported folds, export), CPU; each OAR scored on the cases that have it (n); HD95 of an "
-        "empty prediction counted as the image diagonal (evaluation package).",
+        f"Cases ({len(results['cases'])}): {', '.join(c.split('.')[0] for c in results['cases'])} "
+        f"({note['cases']}). Predicted by process.py (dataset mode: registration of the case's T1, all exported "
+        "folds, export), CPU; each OAR scored on the cases that have it (n); HD95 of an empty prediction counted as "
+        "the image diagonal (evaluation package).",
         "",
         f"| OAR | n | Dice with T1 | Dice without T1 | HD95 mm with T1 | HD95 mm without T1 |{base_cols}",
         "|---|---|---|---|---|---|" + ("---|---|" if baseline else ""),
@@ -177,7 +204,7 @@ def heldout_markdown(results: dict[str, Any], labels: list[str], baseline: dict[
     lines.append("")
     lines.append(f"Wall time per case of process.py (2 shared CPU cores; registration included with T1): "
                  f"{results['with_t1']['seconds_per_case']} s with T1, {results['without_t1']['seconds_per_case']} s "
-                 "without. \"With T1\" means the SYNTHETIC T1 (these patients have no MR).")
+                 f"without. {note['t1']}")
     return "\n".join(lines)
 
 
@@ -189,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-card", action="store_true",
                         help="write nothing into the model folder (README.md, heldout_metrics.json)")
     parser.add_argument("--threads", type=int, help="process.py --threads (default: all cores)")
+    parser.add_argument("--source", type=Path,
+                        help="HaN-Seg-layout folder the raw dataset came from: use the cases' own MR files")
     parser.add_argument("--baseline", type=Path,
                         help="heldout_metrics.json of another model on the same cases: its Dice beside in the table")
     parser.add_argument("--baseline-name", default="previous model")
@@ -196,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from training.model_card import fill_heldout
 
-    results = evaluate(args.model, args.raw, args.work, args.threads)
+    results = evaluate(args.model, args.raw, args.work, args.threads, args.source)
     labels = output_oar_names(json.loads((args.model / "dataset.json").read_text()))
     metrics = json.dumps(results, indent=1, default=str) + "\n"
     (args.work / "heldout_metrics.json").write_text(metrics)

@@ -61,8 +61,46 @@ TRAINER_RECIPES: dict[str, str] = {
                                 "peak lr 5e-4 with a 1-epoch warm-up and poly decay, 15 epochs x 100 iterations of "
                                 "batch 12, 66 % foreground oversampling, modality dropout, mirroring over the "
                                 "patient's left-right axis (legal: Parotid_L/R are one label in training)",
+    "nnUNetTrainerNoMirroring": "nnU-Net's default schedule (1000 epochs x 250 iterations, SGD lr 1e-2, poly LR, "
+                                "Dice+CE with deep supervision, default augmentation) + modality dropout, NO mirroring "
+                                "in training or at inference (lateralised labels)",
+    "nnUNetTrainerNoMirroring_smoke": "SMOKE LENGTH (2 epochs x 3 iterations) of nnUNetTrainerNoMirroring: checks the "
+                                      "plumbing, not a usable model",
 }
 """How each trainer of training/trainers.py trains (the card states the recipe of the exported folds)."""
+
+
+def is_openkbp(dataset: dict[str, Any]) -> bool:
+    """True for a model trained on the OpenKBP conversion (synthetic T1, OpenKBP names mapped)."""
+    return "name_mapping" in dataset or dataset.get("t1_channel") == "synthetic"
+
+
+def data_notes(dataset: dict[str, Any]) -> dict[str, str]:
+    """The card's data-dependent sentences (held-out cases, T1 channel, name mapping, resolution remark, limits):
+    the OpenKBP model's, or those of a model trained on real CT + MR (a HaN-Seg conversion)."""
+    if is_openkbp(dataset):
+        return {
+            "heldout": "The OpenKBP `validation-pats` were held out (imagesTs) and never used for training or tuning.",
+            "heldout_short": "OpenKBP validation-pats",
+            "t1": "**The T1 channel the model was trained with is SYNTHETIC**: a T1-like image generated from the CT "
+                  "(`preprocessing/synthetic_t1.py`) under a random rigid transform and field of view, then "
+                  "registered back by the inference registration; no real MR exists for these patients.",
+            "mapping": " Mapped from OpenKBP names: Larynx -> Larynx_SG (OpenKBP's larynx is roughly Larynx_SG + "
+                       "Glottis), Esophagus -> Esophagus_S (OpenKBP's extends further down).",
+            "resolution": " (OpenKBP volumes are about 4x coarser than HaN-Seg CTs; fine structures are coarse)",
+            "limits": "Trained on low-resolution CTs with clinical contours of varying style and a synthetic MR "
+                      "channel: expect a drop on real HaN-Seg CT + MR",
+        }
+    return {
+        "heldout": "The cases in imagesTs were held out at conversion and never used for training or tuning "
+                   "(conversion_report.json).",
+        "heldout_short": "held-out cases of the dataset",
+        "t1": "The T1 channel is each case's own MR registered onto the CT grid by the inference registration (all "
+              "zeros where it was rejected or there was no MR; conversion_report.json lists those cases).",
+        "mapping": "",
+        "resolution": "",
+        "limits": f"Trained on {dataset.get('numTraining', '?')} cases: read the held-out table before use",
+    }
 
 
 def _availability_counts(run: Path) -> tuple[int, int] | None:
@@ -100,6 +138,7 @@ def write_model_card(out: Path, summary: dict[str, Any], curves: dict[str, Any],
     heldout = f"{HELDOUT_BEGIN}\n_Not measured yet: run `python -m training.evaluate_heldout --model weights` " \
               f"(see training/README.md)._\n{HELDOUT_END}"
     trainer = next(iter(summary["folds"].values()), {}).get("trainer") or "nnUNetTrainer"
+    notes = data_notes(dataset)
     counts = _availability_counts(Path(summary["run"]))
     n_train = dataset.get("numTraining")
     data_line = (f"{n_train} training cases" + (f", {counts[1]} of them partially annotated (label availability "
@@ -134,18 +173,15 @@ predictor writes the merged labels unsplit). Size: {summary['size_mb']} MB.
 ## What it is
 - **Data**: {dataset.get('description', '')}
 - **Trained on** {data_line}; nnU-Net's 5-fold split of the training cases, folds {', '.join(summary['folds'])}
-  exported. The OpenKBP `validation-pats` were held out (imagesTs) and never used for training or tuning.
+  exported. {notes['heldout']}
 - **Inputs**: {channels}. CT: HU, nnU-Net CT normalisation; T1: on the CT grid, z-scored per image, all zeros when
-  there is no usable MR. **The T1 channel the model was trained with is SYNTHETIC**: a T1-like image generated from
-  the CT (`preprocessing/synthetic_t1.py`) under a random rigid transform and field of view, then registered back by
-  the inference registration; no real MR exists for these patients. Modality dropout in training (T1 zeroed with
+  there is no usable MR. {notes['t1']} Modality dropout in training (T1 zeroed with
   p = 0.3, CT with p = 0.05) teaches it to work without the MR.
-- **OARs covered ({len(oars)} of 30)**: {', '.join(oars)}. Mapped from OpenKBP names: Larynx -> Larynx_SG
-  (OpenKBP's larynx is roughly Larynx_SG + Glottis), Esophagus -> Esophagus_S (OpenKBP's extends further down).
-{lr_text}- **Not covered ({len(missing)})**: {', '.join(missing)}. The model never predicts them: a HaN-Seg submission
-  with this model scores HD95 = inf on those OARs. Train on real HaN-Seg data for those (training/README.md).
-- **Resolution**: trained at {' x '.join(f'{s:.2f}' for s in config['spacing'])} mm (OpenKBP volumes are
-  about 4x coarser than HaN-Seg CTs); inputs are resampled to it, so fine structures are coarse.
+- **OARs covered ({len(oars)} of 30)**: {', '.join(oars)}.{notes['mapping']}
+{lr_text}- **Not covered ({len(missing)})**: {', '.join(missing) or 'none'}. The model never predicts them: a HaN-Seg
+  submission with this model scores HD95 = inf on those OARs. Train on real HaN-Seg data for those (training/README.md).
+- **Resolution**: trained at {' x '.join(f'{s:.2f}' for s in config['spacing'])} mm{notes['resolution']}; inputs
+  are resampled to it.
 
 ## Network and recipe
 - Configuration `{config_name}` of plans `{plans['plans_name']}`: {len(config['patch_size'])}-D
@@ -154,7 +190,7 @@ predictor writes the merged labels unsplit). Size: {summary['size_mb']} MB.
 - Trainer `{trainer}` (training/trainers.py): {TRAINER_RECIPES.get(trainer, "see training/trainers.py")}.
 - **Command**: `{train_command or DEFAULT_TRAIN_COMMAND}` (resumable; details and measured curve in
   training/README.md).
-- **Hardware**: {_hardware()}.
+- **Hardware**: {summary.get('hardware') or _hardware()}.
 
 ## Training per fold (nnU-Net pseudo Dice on sampled validation patches of the fold's validation cases; with partial
 labels only the annotated labels count)
@@ -166,12 +202,11 @@ Curve (iterations = epochs x 100; minutes are wall time on the shared machine, b
 
 {curve_markdown(curves, every=5)}
 
-## Held-out evaluation (OpenKBP validation-pats; Dice and HD95 per OAR, with and without the T1 channel)
+## Held-out evaluation ({notes['heldout_short']}; Dice and HD95 per OAR, with and without the T1 channel)
 {heldout}
 
 ## Limits
-- Trained on low-resolution CTs with clinical contours of varying style and a synthetic MR channel: expect a drop on
-  real HaN-Seg CT + MR, and nothing at all for the {len(missing)} OARs it does not cover.
+- {notes['limits']}, and nothing at all for the {len(missing)} OARs it does not cover.
 - Not for clinical use.
 """
     card.write_text(text)

@@ -385,3 +385,38 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
                 tensor = torch.stack([tensor[r].mean(0) for r in rows])
             out[key] = tensor
         return out
+
+
+# --- Full-length GPU recipe for lateralised labels, and its CPU smoke variant (issue 18) -------------------------
+
+
+class nnUNetTrainerNoMirroring(nnUNetTrainerModalityDropout):
+    """The full-length HaN-Seg recipe for lateralised labels (16 of the 30 OARs are L/R pairs).
+
+    nnU-Net's default schedule on a GPU (1000 epochs x 250 iterations, SGD lr 1e-2 with poly decay, Dice + CE with
+    deep supervision, the default augmentation) plus modality dropout, with mirroring switched OFF in training and
+    at inference: a left-right flip of a training sample would put Parotid_L's voxels where Parotid_R belongs (and
+    teach the network that the two are interchangeable), and a mirrored test-time pass averages the two sides.
+    The other spatial augmentations (rotation, scaling, elastic) do not swap sides and stay as nnU-Net has them.
+    """
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None  # nnU-Net's "no test-time mirroring"
+        return rotation, dummy_2d, initial_patch_size, None
+
+
+class nnUNetTrainerNoMirroring_smoke(nnUNetTrainerNoMirroring):
+    """The SAME recipe as ``nnUNetTrainerNoMirroring``, cut to minutes on a CPU for CI and dry runs.
+
+    Only the length changes: 2 epochs x 3 iterations, 1 validation iteration, a checkpoint after every epoch.
+    Optimiser, loss, augmentation, modality dropout and the mirroring policy are the full recipe's.
+    """
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.num_iterations_per_epoch = 3
+        self.num_val_iterations_per_epoch = 1
+        self.save_every = 1
