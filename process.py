@@ -34,6 +34,8 @@ from contract.errors import InputError, ModelFolderError, OutputError
 from contract.imageio import check_extent, read_image, read_scan, repair_intensities, write_image_atomic
 from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_dataset_cases, find_folder_case, is_dataset_root
 from contract.labels import MAX_LABEL
+from preprocessing.channels import ChannelPlan, MrOnCt, channel_arrays, mr_on_ct_grid, write_transforms
+from preprocessing.head_neck_crop import crop_image, head_neck_box, uncrop_labels
 from preprocessing.orientation import labels_to_original_orientation, orientation_of, reorient
 
 log = logging.getLogger("process")
@@ -42,9 +44,6 @@ APP_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = APP_DIR / "weights"
 PLATFORM_MODEL_DIR = Path("/opt/ml/model")
 EXIT_OK, EXIT_UNEXPECTED, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 2, 3, 4
-MR_DROPOUT_FILL = 0.0
-"""Raw value of the MR channel when there is no usable MR: all zeros, which z-score normalisation keeps at 0,
-exactly what the trainer's modality dropout feeds the network."""
 
 
 @dataclass(frozen=True)
@@ -119,64 +118,53 @@ def _env_float(name: str) -> float | None:
         return None
 
 
-def prepare_channels(case: CaseInputs, ct: sitk.Image, mr_channel: int | None,
-                     n_channels: int) -> list[sitk.Image | None]:
-    """The model's input channels as images on the CT grid: the CT, and the registered MR if the model takes one.
-    A missing MR, or one whose registration fails its check, is None: the modality-dropout fill
-    (:func:`channel_arrays`)."""
-    channels: list[sitk.Image | None] = [ct]
-    if mr_channel is None:
+@dataclass
+class CaseChannels:
+    """A case's model input on the CT grid: ``arrays`` (numpy z, y, x, channel order; views into ``keep`` where
+    possible) and how the MR was brought onto the grid (``mr``; None for a CT-only model)."""
+
+    arrays: list[np.ndarray]
+    mr: MrOnCt | None
+    keep: tuple[sitk.Image | None, ...] = ()
+
+
+def prepare_channels(case: CaseInputs, ct: sitk.Image, plan: ChannelPlan) -> CaseChannels:
+    """The model's input channels as its folder declares them (:mod:`preprocessing.channels`, the builder the
+    training converters use too). A missing MR, or one whose registration fails its check, makes every
+    T1-derived channel the modality-dropout fill."""
+    if not plan.uses_mr:
         if case.mr_path is not None:
             log.info("model has no MR channel: %s is not used", case.mr_path)
-        return channels
-    if n_channels != 2 or mr_channel != 1:
-        raise ModelFolderError("dataset.json", f"unsupported channel layout: {n_channels} channels, MR at {mr_channel}")
+        return CaseChannels(channel_arrays(plan, ct, None), None, (ct,))
     if case.mr_path is None:
         log.warning("no T1 MR for case %s: predicting from the CT alone", case.case_id)
-        channels.append(None)
+        mr = MrOnCt(None, "missing", "no MR for this case", plan.mr_registration)
     else:
-        channels.append(registered_mr(case.mr_path, ct))
-    return channels
+        mr = registered_mr(case.mr_path, ct, plan.mr_registration)
+    return CaseChannels(channel_arrays(plan, ct, mr.image), mr, (ct, mr.image))
 
 
-def channel_arrays(channels: list[sitk.Image | None]) -> list[np.ndarray]:
-    """numpy (z, y, x) arrays of the channels WITHOUT copying: read-only views into the images, which the caller
-    must keep alive while the arrays are used (HaN-Seg CTs: 0.4-0.8 GB per copy saved). None becomes the
-    modality-dropout fill (MR_DROPOUT_FILL), a lazily allocated zero array of the CT's shape."""
-    arrays = []
-    for image in channels:
-        if image is not None:
-            arrays.append(sitk.GetArrayViewFromImage(image))
-        else:  # np.zeros maps untouched pages to the kernel's zero page: no resident memory until written
-            shape = arrays[0].shape
-            arrays.append(np.zeros(shape, np.float32) if MR_DROPOUT_FILL == 0 else
-                          np.full(shape, MR_DROPOUT_FILL, dtype=np.float32))
-    return arrays
-
-
-def registered_mr(mr_path: Path, ct: sitk.Image) -> sitk.Image | None:
-    """The MR resampled onto the CT grid (float32 image), or None with a warning if it cannot be used.
+def registered_mr(mr_path: Path, ct: sitk.Image, mode: str = "rigid") -> MrOnCt:
+    """The MR registered (``mode``: ``rigid`` or ``rigid+bspline``) and resampled onto the CT grid.
 
     A file that cannot be read as a 3-D scalar image is an input error (raised). An MR that reads but has no
-    usable intensities, or whose registration fails its quality check, is dropped: the case is predicted from
-    the CT alone, as the model was trained to do under modality dropout.
+    usable intensities, or whose registration fails its quality check, gives ``image=None`` with a warning: the
+    case is predicted from the CT alone, as the model was trained to do under modality dropout.
     """
-    from preprocessing.registration import register_mr_to_ct, resample_mr_to_ct
-
     mr = read_image(mr_path, "T1 MR")
     try:
         check_extent(mr, mr_path, "T1 MR")
         mr = repair_intensities(mr, mr_path, "T1 MR")
     except InputError as err:
         log.warning("%s: predicting from the CT alone", err)
-        return None
-    result = register_mr_to_ct(ct, mr)
-    if not result.accepted:
+        return MrOnCt(None, "rejected", str(err), mode)
+    result = mr_on_ct_grid(ct, mr, mode)
+    if result.image is None:
         log.warning("%s: MR-to-CT registration failed its quality check (%s): predicting from the CT alone",
                     mr_path, result.reason)
-        return None
-    log.info("MR registered to CT in %.1f s (%s)", result.seconds, _format_metrics(result.metrics))
-    return resample_mr_to_ct(mr, ct, result.ct_to_mr)
+        return result
+    log.info("MR registered to CT (%s) in %.1f s (%s)", mode, result.rigid.seconds, _format_metrics(result.metrics))
+    return result
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
@@ -205,31 +193,41 @@ def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions
         if oriented is not ct:
             log.info("CT stored in %s orientation: permuted to the model's %s for prediction, labels permuted back",
                      orientation_of(ct), predictor.model.orientation)
-    channels = prepare_channels(case, oriented, predictor.model.mr_channel, predictor.model.num_input_channels)
-    preprocessed = predictor.preprocess(channel_arrays(channels), oriented.GetSpacing())
-    mr_on_ct = channels[1] if options.qa_dir is not None and len(channels) > 1 else None
+    crop = predictor.model.head_neck_crop
+    box = head_neck_box(oriented, crop) if crop is not None else None
+    work = oriented if box is None else crop_image(oriented, box)
+    channels = prepare_channels(case, work, predictor.model.channel_plan)
+    preprocessed = predictor.preprocess(channels.arrays, work.GetSpacing())
+    mr_on_ct = channels.mr.image if options.qa_dir is not None and channels.mr is not None else None
+    transforms = channels.mr.transforms() if channels.mr is not None else []
     del channels  # the registered MR (0.8 GB on a HaN-Seg CT) is not needed for the ensemble and export
     labels = predictor.predict_preprocessed(preprocessed)
     del preprocessed
+    if box is not None:
+        labels = uncrop_labels(labels, box, sitk.GetArrayViewFromImage(oriented).shape)
     image = to_label_image(labels_to_original_orientation(labels, oriented, ct), ct)
     write_image_atomic(image, output_path)
     if options.qa_dir is not None:
-        write_case_qa(case, oriented, to_label_image(labels, oriented), mr_on_ct, options.qa_dir)
+        write_case_qa(case, oriented, to_label_image(labels, oriented), mr_on_ct, options.qa_dir, transforms)
     n_oars = int((np.bincount(labels.ravel(), minlength=MAX_LABEL + 1)[1:] > 0).sum())
     log.info("case %s done in %.1f s: %d OARs labelled -> %s", case.case_id, time.perf_counter() - start, n_oars,
              output_path)
 
 
 def write_case_qa(case: CaseInputs, ct: sitk.Image, labels: sitk.Image, mr_on_ct: sitk.Image | None,
-                  qa_dir: Path) -> None:
-    """Quality-control PNG and per-OAR volumes for one case (the MR row shows the registered MR, if any); ``ct``,
+                  qa_dir: Path, transforms: list[tuple[str, sitk.Transform]] | None = None) -> None:
+    """Quality-control PNG and per-OAR volumes for one case (the MR row shows the registered MR, if any), and the
+    MR registration transforms the case used (``<case>_ct_to_mr_<stage>.tfm``, CT -> MR physical space); ``ct``,
     ``labels`` and ``mr_on_ct`` on the grid the model saw (the CT in the model's orientation)."""
     from evaluation.qa import write_qa
 
     try:
         written = write_qa(ct, labels, qa_dir, case.case_id, mr=mr_on_ct)
+        written += write_transforms(transforms or [], qa_dir, case.case_id)
     except ValueError as err:
         raise OutputError(qa_dir, f"cannot make the QA picture of case {case.case_id} ({err})") from None
+    except (OSError, RuntimeError) as err:
+        raise OutputError(qa_dir, f"cannot write the QA output of case {case.case_id} ({err})") from None
     log.info("QA: %s", ", ".join(str(p) for p in written))
 
 
