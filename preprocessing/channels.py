@@ -227,10 +227,15 @@ class MrOnCt:
 
 
 def mr_on_ct_grid(ct: sitk.Image, mr: sitk.Image | None, mode: str = DEFAULT_REGISTRATION,
-                  threads: int | None = None) -> MrOnCt:
+                  threads: int | None = None, deformable_settings: Any = None,
+                  deformable_thresholds: Any = None) -> MrOnCt:
     """Register ``mr`` to ``ct`` (rigid, then the B-spline stage for ``rigid+bspline``) and resample it onto the
-    CT grid. ``mr`` None, or a registration rejected by its quality check, gives ``image=None``."""
-    from preprocessing.deformable import DeformableSettings, refine_deformable
+    CT grid. ``mr`` None, or a registration rejected by its quality check, gives ``image=None``.
+    ``deformable_settings`` / ``deformable_thresholds``: :mod:`preprocessing.deformable`'s (default: its
+    defaults, with ``threads``)."""
+    from dataclasses import replace
+
+    from preprocessing.deformable import DEFAULT_DEFORMABLE, DEFAULT_DEFORMABLE_THRESHOLDS, refine_deformable
     from preprocessing.registration import register_mr_to_ct, resample_mr_to_ct
 
     if mode not in REGISTRATION_MODES:
@@ -243,7 +248,9 @@ def mr_on_ct_grid(ct: sitk.Image, mr: sitk.Image | None, mode: str = DEFAULT_REG
         return MrOnCt(None, "rejected", str(rigid.reason), mode, rigid=rigid, metrics=metrics)
     deformable = None
     if mode == "rigid+bspline":
-        deformable = refine_deformable(ct, mr, rigid.ct_to_mr, DeformableSettings(threads=threads))
+        settings = deformable_settings or replace(DEFAULT_DEFORMABLE, threads=threads)
+        deformable = refine_deformable(ct, mr, rigid.ct_to_mr, settings,
+                                       deformable_thresholds or DEFAULT_DEFORMABLE_THRESHOLDS)
         metrics.update({f"bspline_{k}": float(v) for k, v in deformable.metrics.items()})
         metrics["bspline_accepted"] = float(deformable.accepted)
     result = MrOnCt(None, "registered", "", mode, rigid=rigid, deformable=deformable, metrics=metrics)

@@ -1,0 +1,92 @@
+"""Head-and-neck crop (preprocessing.head_neck_crop): the box holds every OAR of real cases, it is declared by the
+model folder, and it is undone exactly: labels inside the box are identical with and without the crop, background
+outside."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from contract.errors import ModelFolderError
+from preprocessing.channels import ChannelPlan, ChannelRecipe
+from preprocessing.head_neck_crop import CropSettings, crop_image, head_neck_box, parse_crop, uncrop_labels
+from test.conftest import OPENKBP, openkbp_ct_path
+from test.make_test_model import make_test_model
+
+CT_WINDOWS = ChannelPlan((ChannelRecipe("CT_soft", "CT", (40.0, 400.0)),
+                          ChannelRecipe("CT_bone", "CT", (700.0, 3000.0))))
+CROP = {"margin_mm": 10.0, "max_height_mm": 250.0}
+VOXELWISE = {"kernel_sizes": [[1, 1, 1]] * 2, "strides": [[1, 1, 1]] * 2, "norm_op": None, "norm_op_kwargs": None}
+"""1x1x1 convolutions, no striding, no normalisation layer: every output voxel depends on its input voxel only, so
+tiling (which the crop changes) cannot change the labels."""
+
+
+@pytest.mark.parametrize("case", ["pt_4", "pt_17", "pt_100", "pt_236"])
+def test_box_holds_every_oar_and_cuts_the_rest(case):
+    ct = sitk.ReadImage(str(openkbp_ct_path(case)))
+    oars = sitk.GetArrayFromImage(sitk.ReadImage(str(OPENKBP / case / "oar_labels.nii.gz")))
+    box = head_neck_box(ct, CropSettings(**CROP))
+    inside = np.zeros(oars.shape, bool)
+    inside[box] = True
+    assert oars[~inside].max(initial=0) == 0, f"{case}: OAR voxels outside the box {box}"
+    assert inside.sum() < 0.8 * inside.size, f"{case}: the box {box} keeps almost everything"
+
+
+def test_crop_and_uncrop_are_exact(real_ct):
+    box = head_neck_box(real_ct)
+    cropped = crop_image(real_ct, box)
+    arr = sitk.GetArrayViewFromImage(real_ct)
+    assert np.array_equal(sitk.GetArrayViewFromImage(cropped), arr[box])
+    z, y, x = box
+    assert cropped.TransformIndexToPhysicalPoint((0, 0, 0)) == real_ct.TransformIndexToPhysicalPoint(
+        (x.start, y.start, z.start))
+    labels = (arr[box] > 0).astype(np.uint8)
+    back = uncrop_labels(labels, box, arr.shape)
+    assert np.array_equal(back[box], labels) and back.sum() == labels.sum()
+
+
+@pytest.mark.parametrize("raw", [{"margin_mm": "x"}, {"depth": 3}, {"margin_mm": -1.0}, [1, 2]])
+def test_malformed_crop_declaration_is_a_model_folder_error(raw):
+    with pytest.raises(ModelFolderError, match="head_neck_crop"):
+        parse_crop({"head_neck_crop": raw}, Path("m/dataset.json"))
+    assert parse_crop({}) is None and parse_crop({"head_neck_crop": True}) == CropSettings()
+
+
+def _voxelwise_model(folder: Path, ct: sitk.Image, crop: bool) -> Path:
+    extra = {**CT_WINDOWS.dataset_json_keys(), **({"head_neck_crop": CROP} if crop else {})}
+    model = make_test_model(folder, folds=1, channel_names=[r.name for r in CT_WINDOWS.recipes],
+                            spacing_zyx=ct.GetSpacing()[::-1], patch_size=(64, 128, 128), features=(8, 8),
+                            mirror_axes=None, dataset_extra=extra, arch_overrides=VOXELWISE)
+    plans = json.loads((model / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["normalization_schemes"] = ["CTNormalization", "NoNormalization"]
+    (model / "plans.json").write_text(json.dumps(plans))
+    return model
+
+
+def test_labels_identical_with_and_without_the_crop(real_ct, tmp_path, one_thread):
+    """Same weights, the model folder with and without ``head_neck_crop``, through process.run_case: inside the box
+    every voxel's label is identical, outside it the cropped run writes background; pt_4's OARs are all inside."""
+    from contract.inputs import CaseInputs
+    from process import RunOptions, build_predictor, run_case
+
+    ct_path = tmp_path / "ct.mha"
+    sitk.WriteImage(real_ct, str(ct_path))
+    case = CaseInputs("c", ct_path, None)
+    out = {}
+    for crop in (False, True):
+        model = _voxelwise_model(tmp_path / f"model_{crop}", real_ct, crop)
+        options = RunOptions(model_dir=model, device="cpu", progress=False, threads=1)
+        run_case(case, tmp_path / f"out_{crop}.mha", build_predictor(options), options)
+        out[crop] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"out_{crop}.mha")))
+    box = head_neck_box(real_ct, CropSettings(**CROP))
+    inside = np.zeros(out[False].shape, bool)
+    inside[box] = True
+    oars = sitk.GetArrayFromImage(sitk.ReadImage(str(openkbp_ct_path("pt_4").parent / "oar_labels.nii.gz")))
+    assert oars[~inside].max(initial=0) == 0  # a case where every OAR is inside the box
+    assert len(np.unique(out[False][inside])) >= 4  # the random voxel-wise model uses several labels
+    assert np.array_equal(out[True][inside], out[False][inside])
+    assert out[True][~inside].max(initial=0) == 0
