@@ -146,7 +146,7 @@ DEFORMABLE_TARGET_EXTRA_S = 30.0
 
 def deformable_cases(ct: sitk.Image, threads: int, n: int, seed: int) -> int:
     """Rigid vs rigid + B-spline on ``n`` deformed synthetic MRs of ``ct``; prints the table, returns the exit code."""
-    from preprocessing.deformable import DeformableSettings, refine_deformable
+    from preprocessing.deformable import DeformableSettings, refine_deformable, resample_deformable
     from preprocessing.synthetic_deformation import deformed_t1_like
 
     header = (f"{'case':<10}{'neck mm':>8}{'TRE rigid':>10}{'TRE +bspl':>10}{'neck rigid':>11}{'neck +bspl':>11}"
@@ -165,7 +165,7 @@ def deformable_cases(ct: sitk.Image, threads: int, n: int, seed: int) -> int:
         resample_mr_to_ct(synth.image, ct, rigid.ct_to_mr)
         t_rigid_resample = time.perf_counter() - t0
         t0 = time.perf_counter()
-        resample_mr_to_ct(synth.image, ct, result.ct_to_mr)
+        resample_deformable(synth.image, ct, result.ct_to_mr, rigid.ct_to_mr)
         t_extra_resample = time.perf_counter() - t0 - t_rigid_resample
         points = body_points_in_mr_fov(ct, synth.image, synth.ct_to_mr, max_points=5000)
         tre_r = target_registration_error(points, synth.ct_to_mr, rigid.ct_to_mr)

@@ -235,7 +235,12 @@ def mr_on_ct_grid(ct: sitk.Image, mr: sitk.Image | None, mode: str = DEFAULT_REG
     defaults, with ``threads``)."""
     from dataclasses import replace
 
-    from preprocessing.deformable import DEFAULT_DEFORMABLE, DEFAULT_DEFORMABLE_THRESHOLDS, refine_deformable
+    from preprocessing.deformable import (
+        DEFAULT_DEFORMABLE,
+        DEFAULT_DEFORMABLE_THRESHOLDS,
+        refine_deformable,
+        resample_deformable,
+    )
     from preprocessing.registration import register_mr_to_ct, resample_mr_to_ct
 
     if mode not in REGISTRATION_MODES:
@@ -254,8 +259,10 @@ def mr_on_ct_grid(ct: sitk.Image, mr: sitk.Image | None, mode: str = DEFAULT_REG
         metrics.update({f"bspline_{k}": float(v) for k, v in deformable.metrics.items()})
         metrics["bspline_accepted"] = float(deformable.accepted)
     result = MrOnCt(None, "registered", "", mode, rigid=rigid, deformable=deformable, metrics=metrics)
-    result.image = resample_mr_to_ct(mr, ct, rigid.ct_to_mr if deformable is None or not deformable.accepted
-                                     else deformable.ct_to_mr)
+    if deformable is not None and deformable.accepted:
+        result.image = resample_deformable(mr, ct, deformable.ct_to_mr, rigid.ct_to_mr)
+    else:
+        result.image = resample_mr_to_ct(mr, ct, rigid.ct_to_mr)
     return result
 
 

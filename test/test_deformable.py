@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from preprocessing.channels import mr_on_ct_grid, write_transforms
-from preprocessing.deformable import DeformableSettings, DeformableThresholds, refine_deformable
+from preprocessing.deformable import DeformableSettings, DeformableThresholds, refine_deformable, resample_deformable
 from preprocessing.registration import register_mr_to_ct, resample_mr_to_ct
 from preprocessing.synthetic_deformation import deformed_t1_like
 from preprocessing.synthetic_t1 import body_points_in_mr_fov, target_registration_error
@@ -58,6 +58,9 @@ def test_bspline_recovers_a_known_neck_deformation_where_rigid_cannot(deformed_c
     expected = sitk.GetArrayViewFromImage(resample_mr_to_ct(synth.image, ct, result.ct_to_mr))
     again = sitk.Resample(synth.image, ct, sitk.ReadTransform(str(paths[1])), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     assert np.allclose(sitk.GetArrayViewFromImage(again), expected, atol=1e-3)
+    # the pipeline resamples only around the MR field of view: the same image
+    fov_only = resample_deformable(synth.image, ct, result.ct_to_mr, rigid.ct_to_mr)
+    assert np.array_equal(sitk.GetArrayViewFromImage(fov_only), expected)
 
 
 def test_failed_check_falls_back_to_the_rigid_transform(deformed_case, caplog):
