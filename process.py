@@ -10,8 +10,9 @@ Modes:
 Data path per case: read and check the images (contract.imageio) -> permute/flip the CT to the model's training
 orientation (preprocessing.orientation) -> register the MR to the CT and check the result
 (preprocessing.registration) -> preprocess as the plans say (preprocessing.preprocess) -> sliding-window
-ensemble (model.predictor) -> back to the CT grid and HaN-Seg labels (model.export) -> back to the CT's own
-axis order -> atomic write.
+ensemble (model.predictor) -> back to the CT grid and HaN-Seg labels (model.export) -> merged left/right labels
+split by the mid-sagittal plane (preprocessing.laterality; models declaring dataset.json lr_split) -> back to the
+CT's own axis order -> atomic write.
 
 Exit codes: 0 success; 2 bad input; 3 output not writable; 4 bad model folder; 1 unexpected error.
 """
@@ -36,6 +37,7 @@ from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_dataset_cases, find_
 from contract.labels import MAX_LABEL
 from preprocessing.channels import ChannelPlan, MrOnCt, channel_arrays, mr_on_ct_grid, write_transforms
 from preprocessing.head_neck_crop import crop_image, head_neck_box, uncrop_labels
+from preprocessing.laterality import split_left_right
 from preprocessing.orientation import labels_to_original_orientation, orientation_of, reorient
 
 log = logging.getLogger("process")
@@ -205,6 +207,7 @@ def run_case(case: CaseInputs, output_path: Path, predictor, options: RunOptions
     del preprocessed
     if box is not None:
         labels = uncrop_labels(labels, box, sitk.GetArrayViewFromImage(oriented).shape)
+    labels = split_left_right(labels, oriented, predictor.lateral_splits)
     image = to_label_image(labels_to_original_orientation(labels, oriented, ct), ct)
     write_image_atomic(image, output_path)
     if options.qa_dir is not None:

@@ -12,6 +12,10 @@
 #   --memory SIZE  memory limit (and memory-swap) of the run. Default 16g.
 #   --read-only    also make the container's root filesystem read-only (stricter than the platform: proves that
 #                  nothing is written outside /output, e.g. to /tmp or $HOME).
+#   --expect-oars-of DIR
+#                  also require every OAR that the model folder DIR names (dataset.json labels, merged L/R labels
+#                  as both sides) in the output, and each left/right pair on the patient's own side (LPS: the
+#                  left organ's centroid at larger x). For a run of a TRAINED model (e.g. the baked-in weights/).
 #
 # Checks: exit code 0, exactly one file in /output/images/head_neck_oar/, .mha, uint8, the CT's exact size,
 # spacing, origin and direction, labels within 0..30. Exits non-zero with a message on any failure.
@@ -30,6 +34,7 @@ model=""
 output="work_dirs/container-test/output"
 memory="16g"
 extra_run_args=()
+expect_oars_of=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --image) image="$2"; shift 2 ;;
@@ -38,6 +43,7 @@ while [[ $# -gt 0 ]]; do
         --output) output="$2"; shift 2 ;;
         --memory) memory="$2"; shift 2 ;;
         --read-only) extra_run_args+=(--read-only); shift ;;
+        --expect-oars-of) expect_oars_of="$(cd "$2" && pwd)"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option '$1'" ;;
     esac
@@ -101,7 +107,8 @@ docker rm -f "$name" >/dev/null 2>&1 || true
 [[ $status -eq 0 ]] || die "the container exited with status $status after ${elapsed} s (its stderr is above)"
 echo "test.sh: container finished in ${elapsed} s"
 
-"$python" - "$input" "$output" <<'PY'
+"$python" - "$input" "$output" "$expect_oars_of" "$root" <<'PY'
+import json
 import sys
 from pathlib import Path
 
@@ -146,5 +153,25 @@ if labels.min() < 0 or labels.max() > 30:
     fail(f"labels outside 0..30: {labels.tolist()}")
 print(f"test.sh: output {seg_path.name}: uint8 {seg.GetSize()} on the CT grid, "
       f"{len(labels) - int(0 in labels)} foreground labels present {labels.tolist()}")
+if sys.argv[3]:
+    sys.path.insert(0, sys.argv[4])
+    from contract.labels import LATERAL_PAIRS, hanseg_value
+
+    dataset = json.loads((Path(sys.argv[3]) / "dataset.json").read_text())
+    split = dataset.get("lr_split") or {}
+    expected = [m for n in dataset["labels"] if n != "background" for m in split.get(n, [n])]
+    missing = [n for n in expected if hanseg_value(n) not in labels]
+    if missing:
+        fail(f"the trained model's OARs {missing} are missing from the output (expected all of {expected})")
+    arr = sitk.GetArrayViewFromImage(seg)
+
+    def centroid_x(value: int) -> float:
+        idx = np.argwhere(arr == value).mean(axis=0)[::-1]  # numpy (z, y, x) -> index (x, y, z)
+        return seg.TransformContinuousIndexToPhysicalPoint(idx.tolist())[0]
+
+    for left, right in LATERAL_PAIRS.values():
+        if left in expected and right in expected and not centroid_x(hanseg_value(left)) > centroid_x(hanseg_value(right)):
+            fail(f"{left} does not lie on the patient's left of {right} (LPS x of the centroids)")
+    print(f"test.sh: all {len(expected)} OARs of the model are present, left/right pairs on their own side")
 PY
 echo "test.sh: PASS ($image, ${elapsed} s in the container)"

@@ -7,7 +7,7 @@ take names and values from here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 HANSEG_OAR_NAMES: tuple[str, ...] = tuple(
     sorted(
@@ -47,12 +47,15 @@ def hanseg_value(name: str) -> int:
         raise KeyError(f"{name!r} is not a HaN-Seg OAR name; valid names: {', '.join(HANSEG_OAR_NAMES)}") from None
 
 
-def model_to_hanseg_lookup(model_labels: Mapping[str, int]) -> list[int]:
+def model_to_hanseg_lookup(model_labels: Mapping[str, int],
+                           lr_split: Mapping[str, Sequence[str]] | None = None) -> list[int]:
     """Build a lookup table from a model's label values to HaN-Seg values, matching BY NAME.
 
     Args:
         model_labels: ``dataset.json['labels']`` of an nnU-Net model: name -> consecutive integer value,
             with a background entry at 0.
+        lr_split: ``dataset.json['lr_split']`` (merged name -> [left OAR, right OAR]); a merged label maps to its
+            LEFT member's value, and :func:`lateral_splits` names the pairs the pipeline must then split.
 
     Returns:
         ``lut`` with ``lut[model_value] == hanseg_value``; background maps to 0.
@@ -75,17 +78,57 @@ def model_to_hanseg_lookup(model_labels: Mapping[str, int]) -> list[int]:
         raise ValueError(f"label values must be consecutive integers from 0, got {sorted(values)}")
     if values.get(0) not in BACKGROUND_NAMES:
         raise ValueError(f"label 0 must be the background, got {values.get(0)!r}")
+    merged = check_lr_split(lr_split or {})
     lut = [BACKGROUND] * len(values)
     for value, name in values.items():
         if value == 0:
             continue
+        if name in merged:
+            lut[value] = HANSEG_LABELS[merged[name][0]]
+            continue
         if name not in HANSEG_LABELS:
+            hint = (f" (a merged left/right label such as {name!r} must be declared in dataset.json 'lr_split', "
+                    f"e.g. {{\"Parotid\": [\"Parotid_L\", \"Parotid_R\"]}})" if name in LATERAL_PAIRS else "")
             raise ValueError(
-                f"model label {name!r} (value {value}) is not a HaN-Seg OAR name; "
+                f"model label {name!r} (value {value}) is not a HaN-Seg OAR name{hint}; "
                 f"valid names: {', '.join(HANSEG_OAR_NAMES)}"
             )
         lut[value] = HANSEG_LABELS[name]
+    taken = [lut[v] for v in values if v != 0]
+    duplicated = sorted({HANSEG_NAMES_BY_VALUE[t] for t in taken if taken.count(t) > 1})
+    if duplicated:
+        raise ValueError(f"OAR(s) {duplicated} named twice (as a label and inside a merged lr_split label)")
     return lut
+
+
+def check_lr_split(lr_split: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, str]]:
+    """Validate ``dataset.json['lr_split']``: merged label name -> [patient-left OAR, patient-right OAR].
+
+    Each pair must be one of the table's lateralised pairs (:data:`LATERAL_PAIRS`), left first; the merged name
+    must not itself be a HaN-Seg OAR name.
+
+    Raises:
+        ValueError: naming the entry at fault.
+    """
+    if not isinstance(lr_split, Mapping):
+        raise ValueError(f"'lr_split' must be an object (merged name -> [left OAR, right OAR]), got {lr_split!r}")
+    pairs = set(LATERAL_PAIRS.values())
+    out: dict[str, tuple[str, str]] = {}
+    for name, members in lr_split.items():
+        if name in HANSEG_LABELS:
+            raise ValueError(f"lr_split: merged name {name!r} is itself a HaN-Seg OAR name")
+        if not isinstance(members, Sequence) or isinstance(members, str) or tuple(members) not in pairs:
+            raise ValueError(f"lr_split: {name!r} -> {members!r} is not a [left, right] pair of the label table "
+                             f"(pairs: {', '.join(f'{a}/{b}' for a, b in LATERAL_PAIRS.values())})")
+        out[name] = (members[0], members[1])
+    return out
+
+
+def lateral_splits(model_labels: Mapping[str, int],
+                   lr_split: Mapping[str, Sequence[str]] | None) -> list[tuple[int, int]]:
+    """HaN-Seg (left value, right value) of each merged label the model predicts: what the pipeline must split."""
+    merged = check_lr_split(lr_split or {})
+    return [(HANSEG_LABELS[merged[n][0]], HANSEG_LABELS[merged[n][1]]) for n in model_labels if n in merged]
 
 
 def _lateral_pairs() -> dict[str, tuple[str, str]]:

@@ -7,9 +7,10 @@
 #   3. starts dockerd as ../shared/docs/CONTAINER.md says (unless an engine is already reachable) and always stops
 #      it again by PID;
 #   4. makes the local Debian base local/bookworm-py:venv if missing, builds the image on it with the CPU torch wheel;
-#   5. makes a small random-weight model folder (test.make_test_model, run inside the built image) and runs
-#      ./test.sh --read-only on the bundled sample case (sample/input; a case made from ../shared/data if there is
-#      none), then the other Docker tests of test/test_container.py against the same image;
+#   5. runs the image with its BAKED-IN shipped model (weights/) on the bundled sample case under the platform's
+#      flags (./test.sh --read-only --expect-oars-of weights: every OAR of the model present, left/right pairs on
+#      their own side); then makes a small random-weight model folder (test.make_test_model, run inside the built
+#      image), runs ./test.sh with it mounted at /opt/ml/model, and the other Docker tests of test/test_container.py;
 #   6. cleans up: removes the image; if this script started the engine, `docker system prune -af` and stops it.
 #
 #   docker/ci.sh [--keep] [--export]
@@ -141,7 +142,16 @@ t_build=$SECONDS
 ./build.sh --base "$base" --tag "$image"
 t_build=$((SECONDS - t_build))
 
-# ---- 5. model folder, case, run
+# ---- 5. the shipped model as users get it, then a mounted model folder
+if compgen -G "sample/input/images/ct/*" >/dev/null && [[ -f weights/plans.json ]]; then
+    t_shipped=$SECONDS
+    log "running the baked-in shipped model (weights/) on sample/input with the platform's flags"
+    ./test.sh --image "$image" --input sample/input --output "$work/output-shipped" --read-only \
+        --expect-oars-of weights
+    log "shipped model run: $((SECONDS - t_shipped)) s"
+else
+    die "no sample/input case or no weights/plans.json: the shipped model cannot be checked"
+fi
 model_args=()
 if [[ -f test/make_test_model.py ]]; then
     model="$work/model"

@@ -102,6 +102,12 @@ class ModelFolder:
         return dict(self.dataset["labels"])
 
     @property
+    def lr_split(self) -> dict[str, list[str]]:
+        """``dataset.json['lr_split']``: merged label name -> [patient-left OAR, patient-right OAR] (this project's
+        addition; empty when the model predicts each side itself). Validated by ``contract.labels.check_lr_split``."""
+        return dict(self.dataset.get("lr_split") or {})
+
+    @property
     def num_classes(self) -> int:
         return len(self.dataset["labels"])
 

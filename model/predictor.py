@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from contract.errors import ModelFolderError
-from contract.labels import model_to_hanseg_lookup
+from contract.labels import lateral_splits, model_to_hanseg_lookup
 from model.budget import BudgetController, Plan, describe_loss, plan_for_budget, process_start_monotonic, time_forward
 from model.export import labels_to_image_array, logits_to_labels
 from model.fast import fast_settings
@@ -67,7 +67,10 @@ class Predictor:
         self.device = device
         self.options = options
         try:
-            self.lookup = model_to_hanseg_lookup(model.labels)
+            self.lookup = model_to_hanseg_lookup(model.labels, model.lr_split)
+            self.lateral_splits = lateral_splits(model.labels, model.lr_split)
+            """HaN-Seg (left, right) values of merged labels, held by the left value until the pipeline splits them
+            (``preprocessing.laterality``)."""
         except ValueError as err:
             raise ModelFolderError(model.path / "dataset.json", str(err)) from None
         self.network = build_network(model).to(device)

@@ -239,3 +239,59 @@ def test_case_stored_with_flipped_axes_is_written_in_the_training_orientation(ha
     np.testing.assert_array_equal(sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(stored_ct)[:, ::-1, ::-1])
     brainstem = json.loads((out / "dataset.json").read_text())["labels"]["Brainstem"]
     assert (sitk.GetArrayFromImage(lab)[12:15, 2:5, 2:5] == brainstem).all()  # where the fixture drew it
+
+
+def _partial_openkbp_source(tmp_path: Path) -> Path:
+    """Two OpenKBP-layout cases: pt_1 fully labelled (no ``oars_present``), pt_3 annotating only Brainstem,
+    SpinalCord and the RIGHT parotid, with a stray Mandible mask that ``oars_present`` does not list."""
+    src = tmp_path / "openkbp_partial"
+    shape = (8, 10, 12)
+    meta = {"pt_1": {"split": "train-pats"},
+            "pt_3": {"split": "train-pats", "oars_present": ["Brainstem", "SpinalCord", "RightParotid"]},
+            "pt_9": {"split": "validation-pats", "oars_present": ["Brainstem", "LeftParotid"]}}
+    for case in meta:
+        d = src / "cases" / case
+        d.mkdir(parents=True)
+        lab = np.zeros(shape, dtype=np.uint8)
+        for v in range(1, 8):
+            lab[v, 2:4, 3:5] = v
+        sitk.WriteImage(_image(np.full(shape, -1000, np.int16), (4.7, 4.7, 2.5), (0, 0, 0)), str(d / "ct.nii.gz"))
+        sitk.WriteImage(_image(lab, (4.7, 4.7, 2.5), (0, 0, 0)), str(d / "oar_labels.nii.gz"))
+    (src / "cases.json").write_text(json.dumps(meta))
+    return src
+
+
+def test_partial_cases_get_an_availability_record_that_the_trainer_reads_back(tmp_path: Path) -> None:
+    pytest.importorskip("nnunetv2")
+    from training.trainers import read_availability_masks
+
+    out = convert_openkbp.convert(_partial_openkbp_source(tmp_path), tmp_path / "raw", 905, t1_mode="zeros",
+                                  merge_lr=True)
+    dataset = json.loads((out / "dataset.json").read_text())
+    labels = dataset["labels"]
+    assert list(labels) == ["background", "Bone_Mandible", "Brainstem", "Esophagus_S", "Larynx_SG", "Parotid",
+                            "SpinalCord"]
+    assert dataset["lr_split"] == {"Parotid": ["Parotid_L", "Parotid_R"]}
+    masks = read_availability_masks(str(out / dataset["label_availability"]), labels)
+    assert set(masks) == {"pt_1", "pt_3"}  # training cases only
+    assert masks["pt_1"].all()
+    # pt_3: only one parotid side annotated -> the merged Parotid is unknown there, like the unlisted OARs
+    assert [n for n, v in labels.items() if masks["pt_3"][v]] == ["background", "Brainstem", "SpinalCord"]
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / "pt_3.nii.gz")))
+    assert set(np.unique(lab)) == {0, labels["Brainstem"], labels["SpinalCord"]}  # the stray Mandible is gone
+    # held out: HaN-Seg values of the annotated OARs only, left and right kept apart for scoring
+    held_out = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTs" / "pt_9.nii.gz")))
+    assert dataset["labelsTs_values"] == "hanseg"
+    assert set(np.unique(held_out)) == {0, HANSEG_LABELS["Brainstem"], HANSEG_LABELS["Parotid_L"]}
+
+
+def test_an_availability_record_of_another_label_table_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("nnunetv2")
+    from training.label_availability import write_availability
+    from training.trainers import read_availability_masks
+
+    path = write_availability(tmp_path, {"background": 0, "Brainstem": 1}, {"pt_1": ["Brainstem"]})
+    with pytest.raises(RuntimeError, match="label_availability.json"):
+        read_availability_masks(str(path), {"background": 0, "Brainstem": 1, "SpinalCord": 2})
+    with pytest.raises(ValueError, match="not foreground labels"):
+        write_availability(tmp_path, {"background": 0, "Brainstem": 1}, {"pt_1": ["Mandible"]})

@@ -1,6 +1,9 @@
 """Measure an exported model on held-out cases, with and without the T1 channel, and fill the model card table.
 
-Held-out cases are a raw dataset's ``imagesTs`` (``<case>_0000`` CT) and ``labelsTs`` (dataset label values).
+Held-out cases are a raw dataset's ``imagesTs`` (``<case>_0000`` CT) and ``labelsTs`` (HaN-Seg values when the raw
+dataset.json says ``"labelsTs_values": "hanseg"``, as the partial-label converter writes them; else the dataset's
+label values). An OAR a held-out case does not annotate is absent from its label map and is not scored for that case
+(the evaluation package's ``missing_gt``): every per-OAR mean is over the cases that have the OAR.
 Steps:
 
 1. Predict with THIS project's command line, ``process.py`` in dataset mode (registration, preprocessing, all
@@ -14,7 +17,8 @@ Steps:
    and ``<model>/heldout_metrics.json``.
 
     python -m training.evaluate_heldout --model weights \
-        --raw work_dirs/nnUNet_raw/Dataset501_OpenKBPHaN --work work_dirs/heldout_eval
+        --raw work_dirs/nnUNet_raw/Dataset502_OpenKBPHaNPartial --work work_dirs/heldout_eval \
+        [--baseline work_dirs/heldout_old/heldout_metrics.json]
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from contract.labels import model_to_hanseg_lookup
+from contract.labels import MAX_LABEL, model_to_hanseg_lookup
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +88,13 @@ def evaluate(model: Path, raw: Path, work: Path, threads: int | None = None) -> 
     """Run steps 1-4 (module docstring); return ``{"with_t1": summary, "without_t1": summary, ...}``."""
     from evaluation.evaluate import evaluate_folder, write_outputs
 
-    dataset = json.loads((model / "dataset.json").read_text())
-    lut = np.asarray(model_to_hanseg_lookup(dataset["labels"]), dtype=np.uint8)
+    raw_dataset = json.loads((raw / "dataset.json").read_text())
+    if raw_dataset.get("labelsTs_values") == "hanseg":
+        lut = np.arange(MAX_LABEL + 1, dtype=np.uint8)
+    else:
+        lut = np.asarray(model_to_hanseg_lookup(raw_dataset["labels"]), dtype=np.uint8)
     gt_dir = work / "gt_hanseg"
+    shutil.rmtree(gt_dir, ignore_errors=True)
     gt_dir.mkdir(parents=True, exist_ok=True)
     for lab in sorted((raw / "labelsTs").glob(f"*{FILE_ENDING}")):
         _to_hanseg(lab, gt_dir / lab.name, lut)
@@ -105,29 +113,67 @@ def evaluate(model: Path, raw: Path, work: Path, threads: int | None = None) -> 
     return results
 
 
-def heldout_markdown(results: dict[str, Any], labels: list[str]) -> str:
-    """The model-card table: Dice and HD95 (mean over cases) per OAR, with and without T1."""
+def output_oar_names(dataset: dict[str, Any]) -> list[str]:
+    """HaN-Seg OAR names a model writes: its labels, each merged L/R label (``lr_split``) as its two sides."""
+    split = dataset.get("lr_split") or {}
+    names: list[str] = []
+    for name in dataset["labels"]:
+        if name != "background":
+            names.extend(split.get(name, [name]))
+    return names
+
+
+def mean_of_oar_means(summary: dict[str, Any], labels: list[str]) -> float | None:
+    """Mean over OARs of the per-OAR mean Dice (each OAR averaged over the cases that have it)."""
+    values = [summary["per_oar"][n]["dsc"]["mean"] for n in labels]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def heldout_markdown(results: dict[str, Any], labels: list[str], baseline: dict[str, Any] | None = None,
+                     baseline_name: str = "previous model") -> str:
+    """The model-card table: Dice and HD95 (mean over the cases that have the OAR) per OAR, with and without T1;
+    with ``baseline`` (another model's results on the same cases) its Dice columns beside."""
     w, wo = results["with_t1"]["summary"], results["without_t1"]["summary"]
 
     def cell(s: dict[str, Any], key: str, digits: int) -> str:
         v = s[key]["mean"]
         return "-" if v is None else f"{v:.{digits}f}"
 
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    base_cols = f" {baseline_name} Dice with T1 | {baseline_name} Dice without T1 |" if baseline else ""
     lines = [
-        f"Cases: {', '.join(c.split('.')[0] for c in results['cases'])} (OpenKBP validation-pats, never trained on). "
-        "Predicted by process.py (dataset mode: registration of the case's synthetic T1, all exported folds, export), "
-        "CPU; HD95 of an empty prediction counted as the image diagonal (evaluation package).",
+        f"Cases ({len(results['cases'])}): {', '.join(c.split('.')[0] for c in results['cases'])} (OpenKBP "
+        "validation-pats, never trained on). Predicted by process.py (dataset mode: registration of the case's "
+        "synthetic T1, all exported folds, export), CPU; each OAR scored on the cases that have it (n); HD95 of an "
+        "empty prediction counted as the image diagonal (evaluation package).",
         "",
-        "| OAR | Dice with T1 | Dice without T1 | HD95 mm with T1 | HD95 mm without T1 |",
-        "|---|---|---|---|---|",
+        f"| OAR | n | Dice with T1 | Dice without T1 | HD95 mm with T1 | HD95 mm without T1 |{base_cols}",
+        "|---|---|---|---|---|---|" + ("---|---|" if baseline else ""),
     ]
     for name in labels:
         a, b = w["per_oar"][name], wo["per_oar"][name]
-        lines.append(f"| {name} | {cell(a, 'dsc', 3)} | {cell(b, 'dsc', 3)} | {cell(a, 'hd95_mm', 1)} | "
-                     f"{cell(b, 'hd95_mm', 1)} |")
-    lines.append(f"| **mean (all OAR x case pairs)** | **{cell(w['all'], 'dsc', 3)}** | "
-                 f"**{cell(wo['all'], 'dsc', 3)}** | {cell(w['all'], 'hd95_mm', 1)} | "
-                 f"{cell(wo['all'], 'hd95_mm', 1)} |")
+        row = (f"| {name} | {a['n']} | {cell(a, 'dsc', 3)} | {cell(b, 'dsc', 3)} | {cell(a, 'hd95_mm', 1)} | "
+               f"{cell(b, 'hd95_mm', 1)} |")
+        if baseline:
+            bw = baseline["with_t1"]["summary"]["per_oar"][name]
+            bwo = baseline["without_t1"]["summary"]["per_oar"][name]
+            row += f" {cell(bw, 'dsc', 3)} | {cell(bwo, 'dsc', 3)} |"
+        lines.append(row)
+    row = (f"| **mean of the per-OAR means** | | **{num(mean_of_oar_means(w, labels))}** | "
+           f"**{num(mean_of_oar_means(wo, labels))}** | | |")
+    if baseline:
+        row += (f" {num(mean_of_oar_means(baseline['with_t1']['summary'], labels))} | "
+                f"{num(mean_of_oar_means(baseline['without_t1']['summary'], labels))} |")
+    lines.append(row)
+    row = (f"| mean (all OAR x case pairs) | | {cell(w['all'], 'dsc', 3)} | {cell(wo['all'], 'dsc', 3)} | "
+           f"{cell(w['all'], 'hd95_mm', 1)} | {cell(wo['all'], 'hd95_mm', 1)} |")
+    if baseline:
+        row += (f" {cell(baseline['with_t1']['summary']['all'], 'dsc', 3)} | "
+                f"{cell(baseline['without_t1']['summary']['all'], 'dsc', 3)} |")
+    lines.append(row)
     lines.append("")
     lines.append(f"Wall time per case of process.py (2 shared CPU cores; registration included with T1): "
                  f"{results['with_t1']['seconds_per_case']} s with T1, {results['without_t1']['seconds_per_case']} s "
@@ -138,20 +184,24 @@ def heldout_markdown(results: dict[str, Any], labels: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("weights"))
-    parser.add_argument("--raw", type=Path, default=Path("work_dirs/nnUNet_raw/Dataset501_OpenKBPHaN"))
+    parser.add_argument("--raw", type=Path, default=Path("work_dirs/nnUNet_raw/Dataset502_OpenKBPHaNPartial"))
     parser.add_argument("--work", type=Path, default=Path("work_dirs/heldout_eval"))
     parser.add_argument("--no-card", action="store_true",
                         help="write nothing into the model folder (README.md, heldout_metrics.json)")
     parser.add_argument("--threads", type=int, help="process.py --threads (default: all cores)")
+    parser.add_argument("--baseline", type=Path,
+                        help="heldout_metrics.json of another model on the same cases: its Dice beside in the table")
+    parser.add_argument("--baseline-name", default="previous model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from training.model_card import fill_heldout
 
     results = evaluate(args.model, args.raw, args.work, args.threads)
-    labels = [n for n in json.loads((args.model / "dataset.json").read_text())["labels"] if n != "background"]
+    labels = output_oar_names(json.loads((args.model / "dataset.json").read_text()))
     metrics = json.dumps(results, indent=1, default=str) + "\n"
     (args.work / "heldout_metrics.json").write_text(metrics)
-    md = heldout_markdown(results, labels)
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    md = heldout_markdown(results, labels, baseline, args.baseline_name)
     print(md)
     if not args.no_card:
         (args.model / "heldout_metrics.json").write_text(metrics)

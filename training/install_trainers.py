@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "trainers.py"
 INSTALLED_NAME = "hanseg_trainers.py"
+MODULES: dict[Path, str] = {
+    SOURCE: INSTALLED_NAME,
+    SOURCE.parent / "partial_label_loss.py": "hanseg_partial_label_loss.py",  # imported by the trainers
+}
+"""Repository module -> name inside ``nnunetv2/training/nnUNetTrainer/`` (the trainers and what they import)."""
 
 
 def trainer_package_dir() -> Path:
@@ -38,31 +43,36 @@ def target_path() -> Path:
 
 
 def is_installed() -> bool:
-    """True if the installed module exists and has the same content as ``training/trainers.py``."""
-    target = target_path()
-    return target.exists() and filecmp.cmp(target, SOURCE, shallow=False)
+    """True if every installed module exists and has the same content as its repository source."""
+    folder = trainer_package_dir()
+    return all((folder / name).exists() and filecmp.cmp(folder / name, src, shallow=False)
+               for src, name in MODULES.items())
 
 
 def install(symlink: bool = False) -> Path:
-    """Copy (or symlink) ``training/trainers.py`` into nnunetv2; return the installed path."""
-    target = target_path()
-    if target.exists() or target.is_symlink():
-        target.unlink()
-    if symlink:
-        target.symlink_to(SOURCE)
-    else:
-        shutil.copyfile(SOURCE, target)
-    for cache in (target.parent / "__pycache__").glob("hanseg_trainers*.pyc"):
-        cache.unlink()
-    log.info("installed %s -> %s (%s)", SOURCE, target, "symlink" if symlink else "copy")
-    return target
+    """Copy (or symlink) the trainer modules (:data:`MODULES`) into nnunetv2; return the trainers' installed path."""
+    folder = trainer_package_dir()
+    for src, name in MODULES.items():
+        target = folder / name
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        if symlink:
+            target.symlink_to(src)
+        else:
+            shutil.copyfile(src, target)
+        for cache in (folder / "__pycache__").glob(f"{target.stem}*.pyc"):
+            cache.unlink()
+        log.info("installed %s -> %s (%s)", src, target, "symlink" if symlink else "copy")
+    return target_path()
 
 
 def uninstall() -> None:
-    target = target_path()
-    if target.exists() or target.is_symlink():
-        target.unlink()
-        log.info("removed %s", target)
+    folder = trainer_package_dir()
+    for name in MODULES.values():
+        target = folder / name
+        if target.exists() or target.is_symlink():
+            target.unlink()
+            log.info("removed %s", target)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,23 +50,67 @@ def curve_markdown(curves: dict[str, Any], every: int = 3) -> str:
     return "\n".join(lines)
 
 
+TRAINER_RECIPES: dict[str, str] = {
+    "nnUNetTrainerCPU": "AdamW lr 1e-3, warm-up + poly LR, Dice+CE with deep supervision, 66 % foreground "
+                        "oversampling, no mirroring (lateralised labels), modality dropout; 30 epochs x 100 iterations",
+    "nnUNetTrainerCPU_ft": "continuation of nnUNetTrainerCPU from its whole network: AdamW peak lr 5e-4, 40 epochs x "
+                           "100 iterations, otherwise as nnUNetTrainerCPU",
+    "nnUNetTrainerCPU_partial": "continuation of the previous shipped model (heads matched by label name, a merged "
+                                "label from the mean of its sides): MARGINAL Dice+CE loss over the labels each case "
+                                "annotates (training/partial_label_loss.py; Shi et al. 2021), deep supervision, AdamW "
+                                "peak lr 5e-4 with a 1-epoch warm-up and poly decay, 20 epochs x 100 iterations of "
+                                "batch 12, 66 % foreground oversampling, modality dropout, mirroring over the "
+                                "patient's left-right axis (legal: Parotid_L/R are one label in training)",
+}
+"""How each trainer of training/trainers.py trains (the card states the recipe of the exported folds)."""
+
+
+def _availability_counts(run: Path) -> tuple[int, int] | None:
+    """(cases, partially annotated cases) from the run's ``label_availability.json``, if it can be found."""
+    import os
+
+    names = [run.parent.name]
+    roots = [os.environ.get("nnUNet_preprocessed"), os.environ.get("nnUNet_raw")]
+    for root in filter(None, roots):
+        path = Path(root) / names[0] / "label_availability.json"
+        if path.is_file():
+            record = json.loads(path.read_text())
+            n_labels = len(record["labels"]) - 1
+            cases = record["cases"]
+            return len(cases), sum(1 for v in cases.values() if len(v) < n_labels)
+    return None
+
+
 def write_model_card(out: Path, summary: dict[str, Any], curves: dict[str, Any],
                      train_command: str | None = None) -> Path:
-    """Write ``out/README.md`` from the export summary and training curves; keep an existing held-out table."""
+    """Write ``out/README.md`` from the exported folder, the export summary and the training curves.
+
+    The held-out section is reset to "not measured yet": a new export is a new model, and an earlier model's table
+    must not survive into its card (``training.evaluate_heldout`` fills it for this model).
+    """
     dataset = json.loads((out / "dataset.json").read_text())
     plans = json.loads((out / "plans.json").read_text())
     labels = [n for n in dataset["labels"] if n != "background"]
+    split = dataset.get("lr_split") or {}
+    oars = [m for n in labels for m in split.get(n, [n])]
     config_name = Path(summary["run"]).name.split("__")[-1]
     config = plans["configurations"][config_name]
     arch = config["architecture"]["arch_kwargs"]
     card = out / "README.md"
     heldout = f"{HELDOUT_BEGIN}\n_Not measured yet: run `python -m training.evaluate_heldout --model weights` " \
               f"(see training/README.md)._\n{HELDOUT_END}"
-    if card.exists():
-        old = card.read_text()
-        if HELDOUT_BEGIN in old and HELDOUT_END in old:
-            heldout = old[old.index(HELDOUT_BEGIN): old.index(HELDOUT_END) + len(HELDOUT_END)]
-
+    trainer = next(iter(summary["folds"].values()), {}).get("trainer") or "nnUNetTrainer"
+    counts = _availability_counts(Path(summary["run"]))
+    n_train = dataset.get("numTraining")
+    data_line = (f"{n_train} training cases" + (f", {counts[1]} of them partially annotated (label availability "
+                 "per case in label_availability.json; unannotated OARs are unknown to the loss, not background)"
+                 if counts else ""))
+    channels = ", ".join(f"channel {k} = {v}" for k, v in dataset["channel_names"].items())
+    lr_text = (f"- **Left/right**: {', '.join(f'{n} = {a} + {b}' for n, (a, b) in split.items())} merged in "
+               "training (dataset.json `lr_split`); the pipeline splits them by the patient's mid-sagittal plane "
+               "after export (`preprocessing/laterality.py`), so mirroring is on in training and as test-time "
+               "augmentation over the left-right axis.\n" if split else
+               "- **Left/right**: each side is its own label; no mirroring in training or at inference.\n")
     rows = []
     for fold, info in summary["folds"].items():
         c = curves.get(f"fold_{fold}", {})
@@ -79,43 +123,41 @@ def write_model_card(out: Path, summary: dict[str, Any], curves: dict[str, Any],
             f"{secs / 60:.0f} | {_fmt(mean[-1] if mean else None)} | "
             + " / ".join(f"{v:.2f}" for v in last) + " |"
         )
-    missing = [n for n in HANSEG_OAR_NAMES if n not in labels]
+    missing = [n for n in HANSEG_OAR_NAMES if n not in oars]
     text = f"""# Model card: HaN-Seg OAR segmentation weights (`weights/`)
 
 nnU-Net v2 results folder (`plans.json`, `dataset.json`, `fold_N/checkpoint_final.pth` with network weights only,
 no optimiser state), loaded by the project's predictor (`process.py`, `model/`) or nnU-Net's own
-(`nnUNetPredictor.initialize_from_trained_model_folder`, after `python -m training.install_trainers`).
-Size: {summary['size_mb']} MB.
+(`nnUNetPredictor.initialize_from_trained_model_folder`, after `python -m training.install_trainers`; nnU-Net's
+predictor writes the merged labels unsplit). Size: {summary['size_mb']} MB.
 
 ## What it is
 - **Data**: {dataset.get('description', '')}
-- **Trained on** the OpenKBP `train-pats` (30 cases; each fold trains on 24 and validates on 6, nnU-Net's 5-fold
-  split); the 4 `validation-pats` were held out and never seen in training.
-- **Inputs**: channel 0 = CT (HU, nnU-Net CT normalisation), channel 1 = T1 on the CT grid (z-scored per image;
-  all zeros when there is no usable MR). **The T1 channel the model was trained with is SYNTHETIC**: a T1-like image
-  generated from the CT (`preprocessing/synthetic_t1.py`) under a random rigid transform and field of view, then
-  registered back by the inference registration; no real MR exists for these patients. Modality dropout in training
-  (T1 zeroed with p = 0.3, CT with p = 0.05) teaches it to work without the MR.
-- **OARs covered ({len(labels)} of 30)**: {', '.join(labels)}. Mapped from OpenKBP names: Larynx -> Larynx_SG
+- **Trained on** {data_line}; nnU-Net's 5-fold split of the training cases, folds {', '.join(summary['folds'])}
+  exported. The OpenKBP `validation-pats` were held out (imagesTs) and never used for training or tuning.
+- **Inputs**: {channels}. CT: HU, nnU-Net CT normalisation; T1: on the CT grid, z-scored per image, all zeros when
+  there is no usable MR. **The T1 channel the model was trained with is SYNTHETIC**: a T1-like image generated from
+  the CT (`preprocessing/synthetic_t1.py`) under a random rigid transform and field of view, then registered back by
+  the inference registration; no real MR exists for these patients. Modality dropout in training (T1 zeroed with
+  p = 0.3, CT with p = 0.05) teaches it to work without the MR.
+- **OARs covered ({len(oars)} of 30)**: {', '.join(oars)}. Mapped from OpenKBP names: Larynx -> Larynx_SG
   (OpenKBP's larynx is roughly Larynx_SG + Glottis), Esophagus -> Esophagus_S (OpenKBP's extends further down).
-- **Not covered ({len(missing)})**: {', '.join(missing)}. The model never predicts them: a HaN-Seg submission with
-  this model scores HD95 = inf on those OARs. Train on real HaN-Seg data for those (training/README.md).
-- **Resolution**: trained at {' x '.join(f'{s:.2f}' for s in config['spacing'])} mm in-plane (OpenKBP volumes are
+{lr_text}- **Not covered ({len(missing)})**: {', '.join(missing)}. The model never predicts them: a HaN-Seg submission
+  with this model scores HD95 = inf on those OARs. Train on real HaN-Seg data for those (training/README.md).
+- **Resolution**: trained at {' x '.join(f'{s:.2f}' for s in config['spacing'])} mm (OpenKBP volumes are
   about 4x coarser than HaN-Seg CTs); inputs are resampled to it, so fine structures are coarse.
 
 ## Network and recipe
 - Configuration `{config_name}` of plans `{plans['plans_name']}`: {len(config['patch_size'])}-D
   {config['architecture']['network_class_name'].rsplit('.', 1)[-1]}, patch {config['patch_size']}, features
-  {arch['features_per_stage']}, batch {config['batch_size']}; transpose_forward {plans['transpose_forward']}
-  (axial slices).
-- Trainer `{next(iter(summary['folds'].values()), {}).get('trainer', 'nnUNetTrainerCPU')}` (training/trainers.py):
-  AdamW, warm-up + poly LR, Dice+CE with deep supervision, 66 % foreground oversampling, no mirroring (lateralised
-  labels), modality dropout. Inference mirroring disabled.
+  {arch['features_per_stage']}, batch {config['batch_size']}; transpose_forward {plans['transpose_forward']}.
+- Trainer `{trainer}` (training/trainers.py): {TRAINER_RECIPES.get(trainer, "see training/trainers.py")}.
 - **Command**: `{train_command or DEFAULT_TRAIN_COMMAND}` (resumable; details and measured curve in
   training/README.md).
 - **Hardware**: {_hardware()}.
 
-## Training per fold (nnU-Net pseudo Dice on sampled validation slices of the fold's 6 validation cases)
+## Training per fold (nnU-Net pseudo Dice on sampled validation patches of the fold's validation cases; with partial
+labels only the annotated labels count)
 | fold | checkpoint | epochs | train minutes | mean pseudo Dice (last epoch) | per label ({' / '.join(labels)}) |
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
@@ -124,12 +166,12 @@ Curve (iterations = epochs x 100; minutes are wall time on the shared machine, b
 
 {curve_markdown(curves, every=5)}
 
-## Held-out evaluation (4 OpenKBP validation-pats; Dice and HD95 per OAR, with and without the T1 channel)
+## Held-out evaluation (OpenKBP validation-pats; Dice and HD95 per OAR, with and without the T1 channel)
 {heldout}
 
 ## Limits
-- Trained on 30 low-resolution CTs with clinical contours and a synthetic MR channel: expect a drop on real
-  HaN-Seg CT + MR, and nothing at all for the 23 OARs it does not cover.
+- Trained on low-resolution CTs with clinical contours of varying style and a synthetic MR channel: expect a drop on
+  real HaN-Seg CT + MR, and nothing at all for the {len(missing)} OARs it does not cover.
 - Not for clinical use.
 """
     card.write_text(text)

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Train (or resume) the shipped CPU model: OpenKBP train-pats, CT + synthetic-T1, 2-D CPU recipe, folds 0 and 1.
+# Train (or resume) the shipped CPU model: all 203 OpenKBP cases (34 full + 169 partially labelled; train-pats for
+# training, validation-pats held out), CT + synthetic T1, Parotid_L/R merged, 2-D CPU recipe with the partial-label
+# (marginal) loss and left-right mirroring, folds 0 and 1, initialised from the previous shipped model.
 #
 # Idempotent and resumable: every step is skipped when its output exists; a fold with checkpoint_final.pth and a
 # finished validation, or already exported to weights/ by the same trainer, is skipped, an unfinished fold continues from checkpoint_latest.pth (nnU-Net's --c). If the
@@ -8,20 +10,23 @@
 #
 #   nohup training/run_shipped_model.sh > work_dirs/logs/run_shipped_model.log 2>&1 &
 #
-# Environment overrides: FOLDS ("0 1"), TRAINER (nnUNetTrainerCPU), CONFIG (2d), PLANS (nnUNetPlansCPU),
-# PRETRAINED (a weights/ folder: nnUNetTrainerCPU_ft starts each fold from its checkpoint_final.pth), DATASET_ID (501), WORK, PYTHON (/work/venv/bin/python), NICE (10), EXPORT=1 (export to weights/
+# Environment overrides: FOLDS ("0 1"), TRAINER (nnUNetTrainerCPU_partial), CONFIG (2d), PLANS (nnUNetPlansCPU),
+# PRETRAINED (a weights/ folder: nnUNetTrainerCPU_ft and _partial start each fold from its checkpoint_final.pth),
+# DATASET_ID (502), DATASET_NAME (OpenKBPHaNPartial), CONVERT_ARGS ("--merge-lr"), WORK,
+# PYTHON (.venv/bin/python of the repository), NICE (10), EXPORT=1 (export to weights/
 # and run the held-out evaluation when all folds are finished), DRY_RUN=1 (only print the
 # training commands; the data steps still run if their outputs are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-PYTHON=${PYTHON:-/work/venv/bin/python}
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 BIN=$(dirname "$PYTHON")
 WORK=${WORK:-$REPO/work_dirs}
-DATASET_ID=${DATASET_ID:-501}
-DATASET_NAME=${DATASET_NAME:-OpenKBPHaN}
+DATASET_ID=${DATASET_ID:-502}
+DATASET_NAME=${DATASET_NAME:-OpenKBPHaNPartial}
+CONVERT_ARGS=${CONVERT_ARGS:-"--merge-lr"}
 FOLDS=${FOLDS:-"0 1"}
-TRAINER=${TRAINER:-nnUNetTrainerCPU}
+TRAINER=${TRAINER:-nnUNetTrainerCPU_partial}
 CONFIG=${CONFIG:-2d}
 PLANS=${PLANS:-nnUNetPlansCPU}
 NICE=${NICE:-10}
@@ -33,11 +38,12 @@ mkdir -p "$WORK/logs"
 DS=$(printf "Dataset%03d_%s" "$DATASET_ID" "$DATASET_NAME")
 log() { echo "$(date -u +%FT%TZ) run_shipped_model: $*"; }
 
-# 1. raw dataset (CT + synthetic T1 registered back; ~6 s per case)
+# 1. raw dataset (CT + synthetic T1 registered back; ~2-6 s per case; both shared OpenKBP folders)
 if [ ! -f "$nnUNet_raw/$DS/dataset.json" ]; then
   log "converting OpenKBP -> $nnUNet_raw/$DS"
+  # shellcheck disable=SC2086
   nice -n "$NICE" "$PYTHON" -m training.convert_openkbp --out "$nnUNet_raw" --dataset-id "$DATASET_ID" \
-    --name "$DATASET_NAME" --t1 synthetic
+    --name "$DATASET_NAME" --t1 synthetic --workers 2 $CONVERT_ARGS
 fi
 # 2. fingerprint, default plans, CPU plans, preprocessing
 if [ ! -f "$nnUNet_preprocessed/$DS/nnUNetPlans.json" ]; then
@@ -54,6 +60,10 @@ if [ ! -d "$nnUNet_preprocessed/$DS/$DATA_ID" ]; then
   log "preprocessing $PLANS $CONFIG"
   nice -n "$NICE" "$BIN/nnUNetv2_preprocess" -d "$DATASET_ID" -plans_name "$PLANS" -c "$CONFIG" -np 2
 fi
+# the partial-label trainer reads the per-case label availability from the preprocessed folder
+if [ -f "$nnUNet_raw/$DS/label_availability.json" ]; then
+  cp "$nnUNet_raw/$DS/label_availability.json" "$nnUNet_preprocessed/$DS/label_availability.json"
+fi
 # 3. trainers into the installed nnunetv2 (copy)
 "$PYTHON" -m training.install_trainers --check >/dev/null 2>&1 || "$PYTHON" -m training.install_trainers
 # 4. restore committed checkpoints where the local run has none
@@ -63,7 +73,7 @@ fi
 RUN_DIR=$nnUNet_results/$DS/${TRAINER}__${PLANS}__${CONFIG}
 pids=()
 for f in $FOLDS; do
-  if [ -f "$RUN_DIR/fold_$f/checkpoint_final.pth" ] && [ -f "$RUN_DIR/fold_$f/validation/summary.json" ]; then
+  if [ -f "$RUN_DIR/fold_$f/checkpoint_final.pth" ]; then  # (nnU-Net's final validation may be skipped)
     log "fold $f finished already"
     continue
   fi

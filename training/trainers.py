@@ -191,6 +191,205 @@ class nnUNetTrainerCPU_ft(nnUNetTrainerCPU):
             self.print_to_log_file(f"initialised the whole network from {init_from} (HANSEG_INIT_FROM)")
 
 
+try:  # the installed copy inside nnunetv2 (training.install_trainers) sits beside its loss module
+    from .hanseg_partial_label_loss import DeepSupervisedMarginalLoss, MarginalDiceCELoss
+except ImportError:  # imported from the repository
+    from training.partial_label_loss import DeepSupervisedMarginalLoss, MarginalDiceCELoss
+
+AVAILABILITY_FILE = "label_availability.json"
+
+
+def read_availability_masks(path: str, labels: dict[str, int]) -> dict[str, np.ndarray]:
+    """Per case, a bool mask over label values (True: annotated; background always) from a
+    ``label_availability.json`` (``training.label_availability``; plain JSON, read here without importing it).
+
+    Raises:
+        RuntimeError: naming the file, if its format or label table does not match the dataset's ``labels``.
+    """
+    import json
+
+    with open(path) as f:
+        record = json.load(f)
+    if record.get("format") != 1 or record.get("labels") != labels:
+        raise RuntimeError(f"{path}: format or labels do not match dataset.json ({labels})")
+    n_labels = max(labels.values()) + 1
+    out = {}
+    for case, names in record["cases"].items():
+        mask = np.zeros(n_labels, dtype=bool)
+        mask[0] = True
+        mask[[labels[n] for n in names]] = True
+        out[case] = mask
+    return out
+
+
+def left_right_patch_axes(transpose_forward: list[int], patch_ndim: int) -> tuple[int, ...]:
+    """The patch axis that runs patient left-right, for nnU-Net's mirroring (training and inference).
+
+    Training cases are stored with the identity direction (LPS: numpy axis 2 = x = right -> left), so after the
+    plans' ``transpose_forward`` the left-right axis is ``transpose_forward.index(2)``; a 2-D configuration's patch
+    drops the first (slice) axis.
+    """
+    axis = list(transpose_forward).index(2) - (3 - patch_ndim)
+    if axis < 0:
+        raise ValueError(f"transpose_forward {transpose_forward}: the left-right axis is the 2-D slice axis")
+    return (axis,)
+
+
+class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
+    """Partial labels + L/R-merged labels: the recipe of the shipped model trained on all 203 OpenKBP cases.
+
+    - **Partial labels**: ``label_availability.json`` (written by the converter next to dataset.json; read from the
+      preprocessed dataset folder, else the raw one) lists per case the labels it annotates. The loss is the marginal
+      Dice + CE (``partial_label_loss``): an OAR a case lacks is unknown, not background. Cases missing from the
+      record count as fully annotated. The pseudo Dice of the online validation leaves unannotated labels out.
+    - **L/R merge**: when dataset.json declares ``lr_split`` (e.g. Parotid = Parotid_L + Parotid_R), mirroring over
+      the patient's left-right axis is legal: it is on in training and allowed at inference (the pipeline splits the
+      merged labels by the mid-sagittal plane after export). Without ``lr_split``, no mirroring, as nnUNetTrainerCPU.
+    - **Initialisation** (``HANSEG_INIT_FROM``, first start only) from a checkpoint of another label set: network
+      weights are copied, and the segmentation heads' rows are matched BY NAME (init checkpoint's dataset.json
+      labels); a merged label starts from the mean of its two sides' rows.
+    - Schedule: 20 epochs x 100 iterations, AdamW peak lr 5e-4, 1 warm-up epoch (continuation of a trained model;
+      planned as 30, cut to 20 at epoch 1 of the shipped run: 243 s per epoch on the shared 2 cores).
+    - nnU-Net's final full validation is skipped (``HANSEG_FULL_VALIDATION=1`` runs it): with partial labels its
+      Dice counts unannotated OARs as false positives, and the model card's held-out evaluation
+      (``training.evaluate_heldout``) is the measurement that counts.
+    """
+
+    recipe_epochs = 20
+    recipe_lr = 5e-4
+    recipe_warmup_epochs = 1
+
+    def initialize(self):
+        super().initialize()
+        self.annotated_by_case = self._read_availability()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if os.environ.get("HANSEG_FULL_VALIDATION") == "1":
+            return super().perform_actual_validation(save_probabilities)
+        self.print_to_log_file("final full validation skipped (partial labels; HANSEG_FULL_VALIDATION=1 runs it)")
+
+    def _read_availability(self) -> dict[str, np.ndarray]:
+        from nnunetv2.paths import nnUNet_raw
+
+        candidates = [os.path.join(self.preprocessed_dataset_folder_base, AVAILABILITY_FILE)]
+        if nnUNet_raw:
+            candidates.append(os.path.join(nnUNet_raw, self.plans_manager.dataset_name, AVAILABILITY_FILE))
+        path = next((p for p in candidates if os.path.isfile(p)), None)
+        if path is None:
+            self.print_to_log_file(f"no {AVAILABILITY_FILE} ({candidates}): every case counts as fully annotated")
+            return {}
+        out = read_availability_masks(path, self.dataset_json["labels"])
+        partial = sum(1 for m in out.values() if not m.all())
+        self.print_to_log_file(f"label availability from {path}: {len(out)} cases, {partial} partially annotated")
+        return out
+
+    def annotated_mask(self, keys) -> torch.Tensor:  # noqa: ANN001 - case identifiers of a batch
+        n_labels = max(self.dataset_json["labels"].values()) + 1
+        full = np.ones(n_labels, dtype=bool)
+        rows = [self.annotated_by_case.get(str(k), full) for k in keys]
+        return torch.from_numpy(np.stack(rows)).to(self.device)
+
+    def _build_loss(self):
+        loss = MarginalDiceCELoss(batch_dice=self.configuration_manager.batch_dice, smooth=1e-5)
+        if not self.enable_deep_supervision:
+            return loss
+        weights = np.array([1 / (2 ** i) for i in range(len(self._get_deep_supervision_scales()))])
+        weights[-1] = 0
+        return DeepSupervisedMarginalLoss(loss, tuple(weights / weights.sum()))
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, _ = (
+            nnUNetTrainerModalityDropout.configure_rotation_dummyDA_mirroring_and_inital_patch_size(self))
+        if self.dataset_json.get("lr_split"):
+            axes = left_right_patch_axes(self.plans_manager.transpose_forward,
+                                         len(self.configuration_manager.patch_size))
+            self.inference_allowed_mirroring_axes = axes
+            return rotation, dummy_2d, initial_patch_size, axes
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch_size, None
+
+    def _loss_on(self, output, target, keys):  # noqa: ANN001, ANN202
+        return self.loss(output, target, self.annotated_mask(keys))
+
+    def train_step(self, batch: dict) -> dict:
+        batch["data"] = self.apply_modality_dropout(batch["data"])
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else \
+            target.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            loss = self._loss_on(self.network(data), target, batch["keys"])
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def validation_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else \
+            target.to(self.device, non_blocking=True)
+        annotated = self.annotated_mask(batch["keys"])
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            output = self.network(data)
+            loss = self.loss(output, target, annotated)
+        if self.enable_deep_supervision:
+            output, target = output[0], target[0]
+        seg = output.argmax(1)
+        tgt = target[:, 0].long()
+        n_labels = output.shape[1]
+        spatial = tuple(range(1, seg.ndim))
+        tp = torch.stack([((seg == c) & (tgt == c)).sum(spatial) for c in range(1, n_labels)], 1)
+        fp = torch.stack([((seg == c) & (tgt != c)).sum(spatial) for c in range(1, n_labels)], 1)
+        fn = torch.stack([((seg != c) & (tgt == c)).sum(spatial) for c in range(1, n_labels)], 1)
+        keep = annotated[:, 1:].to(tp.dtype)  # (B, C-1): unannotated labels say nothing about the prediction
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": (tp * keep).sum(0).cpu().numpy(),
+                "fp_hard": (fp * keep).sum(0).cpu().numpy(), "fn_hard": (fn * keep).sum(0).cpu().numpy()}
+
+    def on_train_start(self):
+        init_from = os.environ.get("HANSEG_INIT_FROM")
+        if init_from:  # handled here (label remapping), not by nnUNetTrainerCPU_ft's strict load
+            os.environ.pop("HANSEG_INIT_FROM")
+        nnUNetTrainerCPU.on_train_start(self)
+        if self.current_epoch == 0 and init_from:
+            self.network.load_state_dict(self._remapped_init(init_from), strict=True)
+            self.print_to_log_file(f"initialised the whole network from {init_from} (HANSEG_INIT_FROM), heads "
+                                   "matched by label name")
+
+    def _remapped_init(self, path: str) -> dict:
+        import json
+
+        checkpoint = torch.load(path, map_location=self.device, weights_only=False)
+        state = checkpoint["network_weights"]
+        src_json = os.path.join(os.path.dirname(os.path.dirname(path)), "dataset.json")
+        with open(src_json) as f:
+            src_labels = json.load(f)["labels"]
+        dst_labels = self.dataset_json["labels"]
+        merged = self.dataset_json.get("lr_split", {})
+        rows = []
+        for name, _value in sorted(dst_labels.items(), key=lambda kv: kv[1]):
+            sources = merged.get(name, [name])
+            missing = [s for s in sources if s not in src_labels]
+            if missing:
+                raise RuntimeError(f"{src_json}: no label {missing} to initialise {name!r} from")
+            rows.append([src_labels[s] for s in sources])
+        out = {}
+        n_src = max(src_labels.values()) + 1
+        for key, tensor in state.items():
+            if "seg_layers" in key and tensor.shape[0] == n_src:
+                tensor = torch.stack([tensor[r].mean(0) for r in rows])
+            out[key] = tensor
+        return out
+
+
 def dropout_channel_groups(dataset_json: dict, n_channels: int, default_ct: tuple[int, ...] = (0,),
                            default_mr: tuple[int, ...] = (1,)) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(CT-derived, MR-derived) channel indices for modality dropout, from dataset.json's ``channel_recipes``
