@@ -121,7 +121,7 @@ def test_converter_and_inference_build_identical_channels(tmp_path):
     assert inference.mr.status == "registered"
     for i, (a, b) in enumerate(zip(written, inference.arrays)):
         assert a.dtype == b.dtype and np.array_equal(a, b), f"channel {i} differs"
-    assert np.count_nonzero(written[2]) > 0.3 * written[2].size  # the T1 is there, not the fill
+    assert np.count_nonzero(written[2]) > 0.05 * written[2].size  # the T1 (head only) is there, not the fill
 
 
 def test_trainer_drops_channel_groups_together():

@@ -19,7 +19,7 @@ from test.make_test_model import make_test_model
 
 CT_WINDOWS = ChannelPlan((ChannelRecipe("CT_soft", "CT", (40.0, 400.0)),
                           ChannelRecipe("CT_bone", "CT", (700.0, 3000.0))))
-CROP = {"margin_mm": 10.0, "max_height_mm": 250.0}
+CROP = {"margin_mm": 20.0, "max_height_mm": 350.0}
 VOXELWISE = {"kernel_sizes": [[1, 1, 1]] * 2, "strides": [[1, 1, 1]] * 2, "norm_op": None, "norm_op_kwargs": None}
 """1x1x1 convolutions, no striding, no normalisation layer: every output voxel depends on its input voxel only, so
 tiling (which the crop changes) cannot change the labels."""
@@ -33,7 +33,7 @@ def test_box_holds_every_oar_and_cuts_the_rest(case):
     inside = np.zeros(oars.shape, bool)
     inside[box] = True
     assert oars[~inside].max(initial=0) == 0, f"{case}: OAR voxels outside the box {box}"
-    assert inside.sum() < 0.8 * inside.size, f"{case}: the box {box} keeps almost everything"
+    assert inside.sum() < 0.7 * inside.size, f"{case}: the box {box} keeps almost everything"
 
 
 def test_crop_and_uncrop_are_exact(real_ct):
@@ -67,26 +67,34 @@ def _voxelwise_model(folder: Path, ct: sitk.Image, crop: bool) -> Path:
     return model
 
 
-def test_labels_identical_with_and_without_the_crop(real_ct, tmp_path, one_thread):
-    """Same weights, the model folder with and without ``head_neck_crop``, through process.run_case: inside the box
-    every voxel's label is identical, outside it the cropped run writes background; pt_4's OARs are all inside."""
+def test_crop_is_undone_exactly_and_labels_match_without_it(real_ct, tmp_path, one_thread):
+    """Same voxel-wise weights, model folders with and without ``head_neck_crop``, through process.run_case.
+
+    Exact: the cropped run equals the uncropped model run on the CT cut to the box, pasted back voxel for voxel,
+    background outside (the crop is undone exactly). With and without the crop on the whole CT (a case whose OARs
+    are all inside the box) the labels inside the box agree except where fp16 logit accumulation over a different
+    tiling flips a near-tie (nnU-Net accumulates in fp16 too): at most 0.1 % of the voxels."""
     from contract.inputs import CaseInputs
     from process import RunOptions, build_predictor, run_case
 
-    ct_path = tmp_path / "ct.mha"
-    sitk.WriteImage(real_ct, str(ct_path))
-    case = CaseInputs("c", ct_path, None)
-    out = {}
-    for crop in (False, True):
-        model = _voxelwise_model(tmp_path / f"model_{crop}", real_ct, crop)
-        options = RunOptions(model_dir=model, device="cpu", progress=False, threads=1)
-        run_case(case, tmp_path / f"out_{crop}.mha", build_predictor(options), options)
-        out[crop] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"out_{crop}.mha")))
     box = head_neck_box(real_ct, CropSettings(**CROP))
-    inside = np.zeros(out[False].shape, bool)
+    inputs = {"full": real_ct, "cut": crop_image(real_ct, box)}
+    out = {}
+    for crop, name in ((False, "full"), (True, "full"), (False, "cut")):
+        path = tmp_path / f"{name}.mha"
+        sitk.WriteImage(inputs[name], str(path))
+        model = _voxelwise_model(tmp_path / f"model_{crop}_{name}", real_ct, crop)
+        options = RunOptions(model_dir=model, device="cpu", progress=False, threads=1)
+        run_case(CaseInputs("c", path, None), tmp_path / f"out_{crop}_{name}.mha", build_predictor(options), options)
+        out[crop, name] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"out_{crop}_{name}.mha")))
+    inside = np.zeros(out[False, "full"].shape, bool)
     inside[box] = True
     oars = sitk.GetArrayFromImage(sitk.ReadImage(str(openkbp_ct_path("pt_4").parent / "oar_labels.nii.gz")))
     assert oars[~inside].max(initial=0) == 0  # a case where every OAR is inside the box
-    assert len(np.unique(out[False][inside])) >= 4  # the random voxel-wise model uses several labels
-    assert np.array_equal(out[True][inside], out[False][inside])
-    assert out[True][~inside].max(initial=0) == 0
+    assert len(np.unique(out[False, "full"][inside])) >= 4  # the random voxel-wise model uses several labels
+
+    assert np.array_equal(out[True, "full"], uncrop_labels(out[False, "cut"], box, inside.shape))
+    differ = int(np.count_nonzero(out[True, "full"][inside] != out[False, "full"][inside]))
+    print(f"with vs without the crop: {differ} of {int(inside.sum())} voxels in the box differ")
+    assert differ <= 1e-3 * inside.sum()
+    assert out[True, "full"][~inside].max(initial=0) == 0
