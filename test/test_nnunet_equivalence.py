@@ -89,41 +89,45 @@ def test_2d_model_matches_nnunet(case_files, tmp_path):
 
 @pytest.mark.slow
 def test_seed_recipe_three_channel_model_matches_nnunet(real_ct, tmp_path):
-    """A model folder declaring the seed recipe (CT soft window, CT bone window, T1; rigid MR stage): process.py on
-    the case's CT + MR (registration and channel building inside) against nnU-Net 2.8.1 given the three channel
-    files our builder makes. Also: the rigid transform written beside the QA output reproduces the T1 channel."""
+    """A model folder declaring the seed recipe (CT soft window, CT bone window, T1; rigid MR stage). Ours: the
+    case's CT + MR through process.prepare_channels (registration and channel building, as process.py runs them)
+    and our predictor; nnU-Net 2.8.1: the three channel files of those arrays. Also: process.write_case_qa writes
+    the transform the case used, and it reproduces the T1 channel."""
     from contract.imageio import read_scan
     from contract.inputs import CaseInputs
     from preprocessing.channels import SEED_RECIPE_PLAN, ChannelPlan
-    from process import prepare_channels
-    from test.test_process import make_case, run_process
+    from process import prepare_channels, to_label_image, write_case_qa
+    from test.test_process import make_case
 
     plan = ChannelPlan(SEED_RECIPE_PLAN.recipes, "rigid")
     model_dir = make_test_model(tmp_path / "model", folds=2, channel_names=[r.name for r in plan.recipes],
                                 spacing_zyx=(6.0, 8.0, 8.0), dataset_extra=plan.dataset_json_keys())
+    model = load_model_folder(model_dir)
+    assert model.channel_plan == plan
     case_root = make_case(tmp_path / "in", real_ct)
-    proc = run_process("--input", case_root, "--output", tmp_path / "out", "--model", model_dir,
-                       "--qa", tmp_path / "qa", "--folds", "0", "1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "images" / "head_neck_oar" / "case_a.mha")))
-
     ct_path = case_root / "images" / "ct" / "case_a.mha"
     mr_path = case_root / "images" / "t1-mri" / "case_a_t1.mha"
     ct = read_scan(ct_path, "CT")
-    built = prepare_channels(CaseInputs("case_a", ct_path, mr_path), ct, plan)
-    files = []
-    for i, array in enumerate(built.arrays):
-        files.append(write_image(np.asarray(array), tmp_path / "channels" / f"case_{i:04d}.nii.gz", like=ct))
+    case = CaseInputs("case_a", ct_path, mr_path)
+    built = prepare_channels(case, ct, model.channel_plan)
+    assert built.mr.status == "registered"
+    predictor = Predictor(model, torch.device("cpu"), PredictorOptions(use_mirroring=True, progress=False))
+    ours = predictor.predict(built.arrays, ct.GetSpacing())
+
+    files = [write_image(np.asarray(a), tmp_path / "channels" / f"case_{i:04d}.nii.gz", like=ct)
+             for i, a in enumerate(built.arrays)]
     reference_indices = nnunet_predict(model_dir, files, tmp_path / "nnunet", folds=(0, 1), use_mirroring=True)
-    lookup = np.asarray(model_to_hanseg_lookup(load_model_folder(model_dir).labels), dtype=np.uint8)
+    lookup = np.asarray(model_to_hanseg_lookup(model.labels), dtype=np.uint8)
     reference = lookup[reference_indices]
     used = sorted(set(np.unique(ours)) | set(np.unique(reference)) - {0})
     assert len(used) >= 5, used
     dice = per_label_dice(ours, reference, used)
+    print(f"seed recipe, 3 channels: min per-label Dice {min(dice.values()):.4f} over {len(used)} labels")
     assert min(dice.values()) >= DICE_BAR, dice
 
-    transform = sitk.ReadTransform(str(tmp_path / "qa" / "case_a_ct_to_mr_rigid.tfm"))
+    write_case_qa(case, ct, to_label_image(ours, ct), built.mr.image, tmp_path / "qa", built.mr.transforms())
     assert not (tmp_path / "qa" / "case_a_ct_to_mr_deformable.tfm").exists()  # rigid model: no B-spline stage
+    transform = sitk.ReadTransform(str(tmp_path / "qa" / "case_a_ct_to_mr_rigid.tfm"))
     again = sitk.Resample(sitk.Cast(sitk.ReadImage(str(mr_path)), sitk.sitkFloat32), ct, transform, sitk.sitkLinear,
                           0.0, sitk.sitkFloat32)
     assert np.allclose(sitk.GetArrayViewFromImage(again), built.arrays[2], atol=1e-3)
