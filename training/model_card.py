@@ -58,7 +58,7 @@ TRAINER_RECIPES: dict[str, str] = {
     "nnUNetTrainerCPU_partial": "continuation of the previous shipped model (heads matched by label name, a merged "
                                 "label from the mean of its sides): MARGINAL Dice+CE loss over the labels each case "
                                 "annotates (training/partial_label_loss.py; Shi et al. 2021), deep supervision, AdamW "
-                                "peak lr 5e-4 with a 1-epoch warm-up and poly decay, 20 epochs x 100 iterations of "
+                                "peak lr 5e-4 with a 1-epoch warm-up and poly decay, 15 epochs x 100 iterations of "
                                 "batch 12, 66 % foreground oversampling, modality dropout, mirroring over the "
                                 "patient's left-right axis (legal: Parotid_L/R are one label in training)",
 }
