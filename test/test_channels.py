@@ -33,7 +33,8 @@ SEED_KEYS = SEED_RECIPE_PLAN.dataset_json_keys()
 def test_seed_recipe_round_trips_through_dataset_json():
     plan = parse_channel_plan(json.loads(json.dumps(SEED_KEYS)))
     assert plan == SEED_RECIPE_PLAN
-    assert plan.ct_channels == (0, 1) and plan.mr_channels == (2,) and plan.mr_registration == "rigid+bspline"
+    assert plan.ct_channels == (0, 1) and plan.mr_channels == (2,) and plan.mr_registration == "rigid"
+    assert parse_channel_plan({**SEED_KEYS, "mr_registration": "rigid+bspline"}).mr_registration == "rigid+bspline"
     assert plan.recipes[0].clip_hu == (-160.0, 240.0) and plan.recipes[1].clip_hu == (-800.0, 2200.0)
 
 

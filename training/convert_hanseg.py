@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="input channels: ct+t1 (CT as read + T1), or seed (CT soft window, CT bone window, "
                              "T1: the best published HaN-Seg recipe)")
     parser.add_argument("--mr-registration", choices=REGISTRATION_MODES, default=None,
-                        help="MR registration written to dataset.json and used here (default: the channel set's: "
-                             "rigid for ct+t1, rigid+bspline for seed)")
+                        help="MR registration written to dataset.json and used here (default rigid; rigid+bspline adds "
+                             "the B-spline stage, which did not beat rigid on the synthetic protocol yet)")
     args = parser.parse_args(argv)
     plan = CHANNEL_PLANS[args.channels]
     if args.mr_registration:
