@@ -117,7 +117,8 @@ SEED_RECIPE_PLAN = ChannelPlan(
 )
 """The best published HaN-Seg recipe's channels: soft-tissue and bone CT windows stacked with the T1. Registration
 stays RIGID by default: on the synthetic protocol the B-spline stage did not beat rigid yet (mean TRE 1.57 vs
-1.20 mm; better only where the neck moved: 1.81 vs 2.76 mm; test_deformable); ``rigid+bspline`` is opt-in (converters' ``--mr-registration``)."""
+1.20 mm; better only where the neck moved: 1.81 vs 2.76 mm; test_deformable); ``rigid+bspline`` is opt-in
+(the converters' ``--mr-registration``)."""
 
 
 def parse_channel_plan(dataset: Mapping[str, Any], path: str | Path = "dataset.json") -> ChannelPlan:
