@@ -88,7 +88,8 @@ class nnUNetTrainerModalityDropout(nnUNetTrainer):
     def apply_modality_dropout(self, data: torch.Tensor) -> torch.Tensor:
         """Zero whole channel GROUPS per sample, in place: every MR-derived channel together, else every CT-derived
         one (``dropout_channel_groups``; channel 0 = CT, 1 = T1 without recipes). ``data``: (B, C, *spatial)."""
-        ct, mr = dropout_channel_groups(self.dataset_json, data.shape[1], (self.ct_channel,), (self.mr_channel,))
+        ct, mr = dropout_channel_groups(getattr(self, "dataset_json", None), data.shape[1], (self.ct_channel,),
+                                        (self.mr_channel,))
         if not ct or not mr:
             return data
         for b in range(data.shape[0]):
