@@ -42,9 +42,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from benchmarks.monitor import run_monitored
+from devkit.data import openkbp_cases_dir
 
 REPO = Path(__file__).resolve().parents[1]
-OPENKBP = REPO.parent / "shared" / "data" / "openkbp_hn_ct" / "cases"
+OPENKBP = openkbp_cases_dir()  # ../shared (34 cases), else the 3 bundled in test/data
 log = logging.getLogger("benchmarks.nnunet_comparison")
 
 HANSEG_SPACING_XYZ = (0.56, 0.56, 2.0)
@@ -96,7 +97,7 @@ def make_inputs(workdir: Path, cases: Sequence[str], source_case: str, quick: bo
 
 def make_random_model(out: Path, arch: str, folds: int) -> Path:
     """A random-weight nnU-Net v2 model folder shaped like the shipped model (2d) or a 6-stage 3-D net."""
-    from test.make_test_model import make_test_model
+    from devkit.make_test_model import make_test_model
 
     if arch == "2d":
         return make_test_model(out, folds=folds, spacing_zyx=(2.5, 4.688, 4.688), patch_size=(128, 128),
@@ -116,7 +117,7 @@ def child_main(args: argparse.Namespace) -> int:
     if args.child == "nnunet":
         import torch
 
-        from test.nnunet_reference import nnunet_predict
+        from devkit.nnunet_reference import nnunet_predict
 
         torch.set_num_threads(os.cpu_count() or 1)
         fold_ids = folds or tuple(p.name.split("_", 1)[1] for p in sorted(Path(args.model).glob("fold_*")))

@@ -7,14 +7,13 @@ indexed (z, y, x). Spacing and origin are in millimetres, in SimpleITK's (x, y, 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from contract.errors import InputError, OutputError
+from contract.atomic import write_atomic
+from contract.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +78,24 @@ def read_image(path: str | Path, role: str = "image") -> sitk.Image:
 
 
 def read_scan(path: str | Path, role: str) -> sitk.Image:
-    """Read a patient scan given to the algorithm (CT or MR): :func:`read_image`, plus a minimum physical
-    extent and usable intensities (see :func:`check_extent`, :func:`repair_intensities`)."""
-    image = read_image(path, role)
+    """Read a patient scan given to the algorithm (CT or MR): :func:`read_image`, then :func:`validate_scan`."""
+    return validate_scan(read_image(path, role), path, role)
+
+
+def validate_scan(image: sitk.Image, path: str | Path | None, role: str) -> sitk.Image:
+    """The one validator of a patient scan, read from a file or given in memory: :func:`check_image` (3-D,
+    scalar, spacing, direction), a minimum physical extent (:func:`check_extent`) and usable intensities
+    (:func:`repair_intensities`). ``path`` names the image in messages (None: in memory).
+
+    Returns:
+        the image, or a copy with a few non-finite voxels repaired.
+    """
+    check_image(image, path, role)
     check_extent(image, path, role)
     return repair_intensities(image, path, role)
 
 
-def check_image(image: sitk.Image, path: str | Path, role: str = "image") -> None:
+def check_image(image: sitk.Image, path: str | Path | None, role: str = "image") -> None:
     """Validate an already-read image (see :func:`read_image` for the rules)."""
     if image.GetDimension() != 3:
         raise InputError(path, f"{role} must be a 3-D image, got {image.GetDimension()}-D size {image.GetSize()}")
@@ -109,38 +118,18 @@ def check_image(image: sitk.Image, path: str | Path, role: str = "image") -> Non
 
 
 def write_image_atomic(image: sitk.Image, path: str | Path, compress: bool = True) -> None:
-    """Write ``image`` to ``path`` so that ``path`` either holds the complete file or does not exist.
-
-    The image is written to a hidden temporary file in the same folder, then renamed over ``path``
-    (atomic on POSIX within one filesystem). On any failure the temporary file is removed.
+    """Write ``image`` to ``path`` so that ``path`` either holds the complete file or does not exist
+    (:func:`contract.atomic.write_atomic`).
 
     Raises:
-        OutputError: naming ``path`` if the folder cannot be created or written (permissions, full disk).
+        OutputError: naming ``path`` (or its folder) if the folder cannot be created or written (permissions,
+            full disk).
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(path.parent, f"cannot create output folder ({err.strerror or err})") from None
-    suffix = "".join(path.suffixes) or ".mha"
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
-    except OSError as err:
-        raise OutputError(path.parent, f"output folder is not writable ({err.strerror or err})") from None
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp_name, useCompression=compress)
-        with open(tmp_name, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except (RuntimeError, OSError) as err:
-        Path(tmp_name).unlink(missing_ok=True)
-        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise OutputError(path, f"cannot write output image ({message[:200]})") from None
+    write_atomic(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=compress), what="output image")
     log.info("wrote %s", path)
 
 
-def check_extent(image: sitk.Image, path: str | Path, role: str = "image") -> None:
+def check_extent(image: sitk.Image, path: str | Path | None, role: str = "image") -> None:
     """Refuse a scan smaller than ``MIN_EXTENT_MM`` along any axis (physical size = voxels x spacing)."""
     extent = np.asarray(image.GetSpacing()) * np.asarray(image.GetSize())
     if np.any(extent < MIN_EXTENT_MM):
@@ -148,7 +137,7 @@ def check_extent(image: sitk.Image, path: str | Path, role: str = "image") -> No
         raise InputError(path, f"{role} covers only {covered} mm (x, y, z); at least {MIN_EXTENT_MM} mm per axis")
 
 
-def repair_intensities(image: sitk.Image, path: str | Path, role: str = "image") -> sitk.Image:
+def repair_intensities(image: sitk.Image, path: str | Path | None, role: str = "image") -> sitk.Image:
     """Refuse images without usable intensities; repair a few non-finite voxels.
 
     NaN/inf voxels (float images only) are replaced by the smallest finite value (air, for a CT) with a warning

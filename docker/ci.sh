@@ -9,7 +9,7 @@
 #   4. makes the local Debian base local/bookworm-py:venv if missing, builds the image on it with the CPU torch wheel;
 #   5. runs the image with its BAKED-IN shipped model (weights/) on the bundled sample case under the platform's
 #      flags (./test.sh --read-only --expect-oars-of weights: every OAR of the model present, left/right pairs on
-#      their own side); then makes a small random-weight model folder (test.make_test_model, run inside the built
+#      their own side); then makes a small random-weight model folder (devkit.make_test_model, run inside the built
 #      image), runs ./test.sh with it mounted at /opt/ml/model, and the other Docker tests of test/test_container.py;
 #   6. cleans up: removes the image; if this script started the engine, `docker system prune -af` and stops it.
 #
@@ -153,22 +153,22 @@ else
     die "no sample/input case or no weights/plans.json: the shipped model cannot be checked"
 fi
 model_args=()
-if [[ -f test/make_test_model.py ]]; then
+if [[ -f devkit/make_test_model.py ]]; then
     model="$work/model"
     rm -rf "$model"
     mkdir -p "$model"
     chmod 777 "$model"
     # Coarse grid (6x8x8 mm), one fold, no mirroring: a few dozen tiles, so the run takes seconds, not many minutes,
     # on 2 shared cores. It still goes through every step: registration, preprocessing, sliding window, export.
-    log "making a random-weight model folder with test.make_test_model (inside $image)"
+    log "making a random-weight model folder with devkit.make_test_model (inside $image)"
     docker run --rm --network none --entrypoint python -v "$root:/src:ro" -w /src -v "$model:/model" "$image" \
-        -c "from test.make_test_model import make_test_model
+        -c "from devkit.make_test_model import make_test_model
 make_test_model('/model', folds=1, spacing_zyx=(6.0, 8.0, 8.0), mirror_axes=())"
     model_args=(--model "$model")
 elif [[ -f weights/plans.json ]]; then
-    log "no test/make_test_model.py: testing the baked-in weights/"
+    log "no devkit/make_test_model.py: testing the baked-in weights/"
 else
-    die "neither test/make_test_model.py nor weights/plans.json: no model to test the image with"
+    die "neither devkit/make_test_model.py nor weights/plans.json: no model to test the image with"
 fi
 
 if compgen -G "sample/input/images/ct/*" >/dev/null && compgen -G "sample/input/images/t1-mri/*" >/dev/null; then

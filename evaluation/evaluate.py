@@ -21,8 +21,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +30,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from contract.errors import InputError, OutputError
+from contract.atomic import write_atomic
+from contract.errors import InputError
 from contract.imageio import read_image
 from contract.labels import HANSEG_LABELS, HANSEG_OAR_NAMES, MAX_LABEL
 from evaluation.cases import (
@@ -322,19 +321,8 @@ def _csv_value(value: Any) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename (no partial file on failure)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    except OSError as err:
-        raise OutputError(path.parent, f"cannot write to the output folder ({err.strerror or err})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(path, f"cannot write ({err.strerror or err})") from None
+    """Write ``text`` to ``path`` via a temporary file and a rename (:func:`contract.atomic.write_atomic`)."""
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""), what="evaluation output")
 
 
 def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

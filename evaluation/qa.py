@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 
-from contract.errors import OutputError
+from contract.atomic import write_atomic
 from contract.labels import HANSEG_LABELS, HANSEG_NAMES_BY_VALUE, HANSEG_OAR_NAMES, MAX_LABEL
 from evaluation.geometry import geometry_difference
 
@@ -262,22 +260,8 @@ def _render_panel(gray: np.ndarray, labels: np.ndarray | None, size_px: tuple[in
 
 
 def _atomic_save(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(temporary_path)`` then rename the file to ``path``; no partial file is left on failure."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix, dir=path.parent)
-    except OSError as err:
-        raise OutputError(path.parent, f"cannot write QA output ({err.strerror or err})") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(path, f"cannot write QA output ({err.strerror or err})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Call ``write(temporary_path)`` then rename the file to ``path`` (:func:`contract.atomic.write_atomic`)."""
+    write_atomic(path, lambda tmp: write(str(tmp)), what="QA output")
 
 
 def write_qa(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from preprocessing.preprocess import PreprocessedCase
+from model.preprocess import PreprocessedCase
 from preprocessing.resampling import _nearest_indices, linear_weights, separate_z_axis
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,13 +19,13 @@ from tqdm import tqdm
 
 from contract.errors import ModelFolderError
 from contract.labels import lateral_splits, model_to_hanseg_lookup
-from model.budget import BudgetController, Plan, describe_loss, plan_for_budget, process_start_monotonic, time_forward
+from model.budget import BudgetController, Plan, describe_loss, plan_for_budget, time_forward
 from model.export import labels_to_image_array, logits_to_labels
 from model.fast import fast_settings
 from model.model_folder import ModelFolder
 from model.network import build_network, load_fold_weights
+from model.preprocess import PreprocessedCase, preprocess_case
 from model.sliding_window import pad_to_patch, padded_shape, sliding_window_logits, tile_slicers
-from preprocessing.preprocess import PreprocessedCase, preprocess_case
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ class PredictorOptions:
         tile_step: sliding-window step as a fraction of the patch size, in (0, 1].
         progress: show a progress bar over tiles x folds.
         fast: fast CPU mode (:mod:`model.fast`: bf16 autocast where the CPU has it, mirroring over one axis).
-        time_budget: wall seconds for a whole case, counted from process start for the first case and from the
-            end of the previous case after that; folds / mirroring / tile step are reduced to fit
-            (:mod:`model.budget`). None: no budget.
+        time_budget: wall seconds for a whole case; folds / mirroring / tile step are reduced to fit
+            (:mod:`model.budget`). The deadline is passed per case (:meth:`Predictor.predict_preprocessed`);
+            without one it is counted from the start of the prediction. None: no budget.
     """
 
     use_mirroring: bool = True
@@ -49,6 +49,16 @@ class PredictorOptions:
     progress: bool = True
     fast: bool = False
     time_budget: float | None = None
+
+
+@dataclass
+class PredictionReport:
+    """What one prediction ran (for the run record): fold names, mirror axes, tile step, what the budget gave up."""
+
+    folds: list[str] = field(default_factory=list)
+    mirror_axes: list[int] = field(default_factory=list)
+    tile_step: float = 0.0
+    given_up: list[str] = field(default_factory=list)
 
 
 def available_cpu_threads() -> int:
@@ -60,7 +70,11 @@ def available_cpu_threads() -> int:
 
 
 class Predictor:
-    """Runs one model folder's folds on cases. Build once, call :meth:`predict` per case."""
+    """Runs one model folder's folds on cases. Build once, call :meth:`predict` per case.
+
+    Construction changes no global state (torch threads are the caller's: ``process.main`` sets them once), and
+    nothing is carried from one case to the next but the network itself.
+    """
 
     def __init__(self, model: ModelFolder, device: torch.device, options: PredictorOptions = PredictorOptions()):
         self.model = model
@@ -75,10 +89,7 @@ class Predictor:
             raise ModelFolderError(model.path / "dataset.json", str(err)) from None
         self.network = build_network(model).to(device)
         load_fold_weights(self.network, model.folds[0].weights, str(model.folds[0].path))
-        if device.type == "cpu":
-            torch.set_num_threads(available_cpu_threads())
         self.fast = fast_settings(device, model.mirror_axes, options.use_mirroring) if options.fast else None
-        self._clock_start = process_start_monotonic() or time.monotonic()
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
@@ -112,31 +123,40 @@ class Predictor:
 
         return time_forward(run)
 
-    def plan(self, case: PreprocessedCase) -> tuple[Plan, BudgetController | None]:
-        """The plan for this case: everything requested, or what fits the time budget (logged)."""
+    def deadline_from_now(self) -> float | None:
+        """``time.monotonic()`` deadline of a case started now under the options' time budget (None: no budget)."""
+        return None if self.options.time_budget is None else time.monotonic() + self.options.time_budget
+
+    def plan(self, case: PreprocessedCase, deadline: float | None = None) -> tuple[Plan, BudgetController | None]:
+        """The plan for this case: everything requested, or what fits before ``deadline`` (a ``time.monotonic()``
+        value; None: the options' time budget from now, if any), logged."""
         full = Plan(len(self.model.folds), tuple(self.mirror_axes), self.options.tile_step)
-        if self.options.time_budget is None:
+        if deadline is None:
+            deadline = self.deadline_from_now()
+        if deadline is None:
             return full, None
-        deadline = self._clock_start + self.options.time_budget
         per_pass = self._time_one_pass(case)
         export_s = estimate_export_seconds(case, self.model.num_classes)
         plan, cost = plan_for_budget(deadline - time.monotonic(), per_pass, lambda s: self._n_tiles(case, s), full,
                                      export_s)
         lost = describe_loss(full, plan)
-        log.info("time budget %.0f s: %.0f s left, %.3f s per forward pass, export ~%.0f s -> %d folds, mirror axes "
-                 "%s, tile step %g (~%.0f s of sliding window)", self.options.time_budget,
-                 deadline - time.monotonic(), per_pass, export_s, plan.n_folds, plan.mirror_axes, plan.tile_step,
+        log.info("time budget: %.0f s left, %.3f s per forward pass, export ~%.0f s -> %d folds, mirror axes "
+                 "%s, tile step %g (~%.0f s of sliding window)", deadline - time.monotonic(), per_pass, export_s,
+                 plan.n_folds, plan.mirror_axes, plan.tile_step,
                  cost)
         if lost:
             log.warning("time budget: gave up %s", "; ".join(lost))
         controller = BudgetController(deadline, export_s, plan.mirror_axes, per_pass)
+        controller.given_up.extend(lost)
         return plan, controller
 
     @torch.inference_mode()
-    def predict_logits(self, case: PreprocessedCase) -> torch.Tensor:
-        """Mean fp16 logits of all (planned) folds on the model grid, ``(K, *spatial)``, on the CPU."""
+    def predict_logits(self, case: PreprocessedCase, deadline: float | None = None,
+                       report: PredictionReport | None = None) -> torch.Tensor:
+        """Mean fp16 logits of all (planned) folds on the model grid, ``(K, *spatial)``, on the CPU. ``deadline``:
+        see :meth:`plan`; ``report`` (if given) is filled with what ran and what the time budget gave up."""
         config = self.model.configuration
-        plan, controller = self.plan(case)
+        plan, controller = self.plan(case, deadline)
         n_tiles = self._n_tiles(case, plan.tile_step)
         folds = self.model.folds[:plan.n_folds]
         log.info(
@@ -174,6 +194,11 @@ class Predictor:
         assert summed is not None
         if done > 1:
             summed /= done
+        if report is not None:
+            report.folds = [fold.name for fold in folds[:done]]
+            report.mirror_axes = list(plan.mirror_axes)
+            report.tile_step = plan.tile_step
+            report.given_up = list(controller.given_up) if controller is not None else []
         return summed
 
     def predict(self, channels: Sequence[np.ndarray], spacing_xyz: Sequence[float]) -> np.ndarray:
@@ -194,9 +219,11 @@ class Predictor:
         ``channels`` before the sliding window and export, which matters for HaN-Seg-sized CTs)."""
         return preprocess_case(channels, spacing_xyz, self.model)
 
-    def predict_preprocessed(self, case: PreprocessedCase) -> np.ndarray:
-        """Second half of :meth:`predict`: ensemble, export to the CT grid, HaN-Seg label values."""
-        logits = self.predict_logits(case)
+    def predict_preprocessed(self, case: PreprocessedCase, deadline: float | None = None,
+                             report: PredictionReport | None = None) -> np.ndarray:
+        """Second half of :meth:`predict`: ensemble, export to the CT grid, HaN-Seg label values. ``deadline`` and
+        ``report``: see :meth:`predict_logits`."""
+        logits = self.predict_logits(case, deadline, report)
         kwargs = self.model.configuration.probabilities_resampling_kwargs
         labels = logits_to_labels(
             logits,
@@ -205,9 +232,7 @@ class Predictor:
             case.original_spacing,
             force_separate_z=kwargs.get("force_separate_z", False),
         )
-        result = labels_to_image_array(labels, case, self.lookup)
-        self._clock_start = time.monotonic()
-        return result
+        return labels_to_image_array(labels, case, self.lookup)
 
 
 def estimate_export_seconds(case: PreprocessedCase, num_classes: int) -> float:

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from contract.errors import ModelFolderError
+from contract.errors import InputError, ModelFolderError
+from contract.imageio import check_extent, repair_intensities
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ CT_NAMES = frozenset({"CT", "ct"})
 MR_NAME_KEYWORDS = ("t1", "mr", "mri")
 MR_DROPOUT_FILL = 0.0
 """Raw value of every T1-derived channel when there is no usable MR."""
+
+MR_USED = "used"
+MR_ABSENT = "absent"
+MR_NOT_IN_MODEL = "not used: the model has no MR channel"
+MR_DROPPED = "dropped"
 
 
 @dataclass(frozen=True)
@@ -324,3 +330,75 @@ def write_transforms(transforms: Sequence[tuple[str, sitk.Transform]], folder: P
         tmp.replace(path)
         paths.append(path)
     return paths
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One case, as the in-memory API (hanseg.api.segment) and the command line use it
+
+
+@dataclass
+class MrDecision:
+    """What happened to the MR of one case (stored in the run record).
+
+    Attributes:
+        status: ``used``, ``absent``, ``not used: ...`` or ``dropped``.
+        reason: why it was dropped ("" otherwise).
+        metrics: the registration's quality metrics (empty if it did not run).
+        ct_to_mr: the transform the MR channel was resampled with, CT -> MR physical points (the rigid one, or
+            rigid o B-spline when the deformable stage was accepted); None if no registration was used.
+        seconds: wall seconds of the registration.
+        stages: the transforms by stage name (``rigid``, ``deformable``) as used (:meth:`MrOnCt.transforms`).
+    """
+
+    status: str
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    ct_to_mr: sitk.Transform | None = None
+    seconds: float = 0.0
+    stages: list[tuple[str, sitk.Transform]] = field(default_factory=list)
+
+    @property
+    def used(self) -> bool:
+        return self.status == MR_USED
+
+
+@dataclass
+class CaseChannels:
+    """A case's model input on the CT grid: ``arrays`` (numpy z, y, x, channel order; views into ``mr_on_ct`` and
+    the CT where possible, so keep them alive), the MR decision, and the registered MR (None: dropout fill)."""
+
+    arrays: list[np.ndarray]
+    decision: MrDecision
+    mr_on_ct: sitk.Image | None = None
+
+
+def prepare_case_channels(ct: sitk.Image, mr: sitk.Image | None, plan: ChannelPlan,
+                          mr_source: str = "T1 MR") -> CaseChannels:
+    """The model's input channels for one case, as its folder declares them (``plan``). A missing MR, one without
+    usable intensities, or one whose registration fails its check makes every T1-derived channel the dropout fill
+    (the case is predicted from the CT alone, as the model was trained to do under modality dropout)."""
+    if not plan.uses_mr:
+        if mr is not None:
+            log.info("model has no MR channel: %s is not used", mr_source)
+        return CaseChannels(channel_arrays(plan, ct, None), MrDecision(MR_NOT_IN_MODEL))
+    if mr is None:
+        log.warning("no T1 MR: predicting from the CT alone")
+        return CaseChannels(channel_arrays(plan, ct, None), MrDecision(MR_ABSENT))
+    try:
+        check_extent(mr, mr_source, "T1 MR")
+        mr = repair_intensities(mr, mr_source, "T1 MR")
+    except InputError as err:
+        log.warning("%s: predicting from the CT alone", err)
+        return CaseChannels(channel_arrays(plan, ct, None), MrDecision(MR_DROPPED, reason=err.problem))
+    result = mr_on_ct_grid(ct, mr, plan.mr_registration)
+    seconds = float(result.rigid.seconds) if result.rigid is not None else 0.0
+    if result.image is None:
+        log.warning("%s: MR-to-CT registration failed its quality check (%s): predicting from the CT alone",
+                    mr_source, result.reason)
+        decision = MrDecision(MR_DROPPED, reason=result.reason, metrics=result.metrics,
+                              ct_to_mr=result.rigid.ct_to_mr if result.rigid is not None else None, seconds=seconds)
+        return CaseChannels(channel_arrays(plan, ct, None), decision)
+    log.info("MR registered to CT (%s) in %.1f s", plan.mr_registration, seconds)
+    decision = MrDecision(MR_USED, metrics=result.metrics, ct_to_mr=result.ct_to_mr, seconds=seconds,
+                          stages=result.transforms())
+    return CaseChannels(channel_arrays(plan, ct, result.image), decision, result.image)

@@ -1,4 +1,6 @@
-"""Shared fixtures: real data from ../shared, small model folders, case folders written with SimpleITK."""
+"""Shared fixtures: real data (../shared, else the cases bundled in test/data), small model folders, case folders
+written with SimpleITK; and the guard that fails a run in which real-data tests skipped although ../shared is
+there (they must run wherever the data is)."""
 
 from __future__ import annotations
 
@@ -9,18 +11,39 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from devkit.data import SHARED_SKIP_REASON, head_mr_dir, openkbp_case, openkbp_cases_dir, shared_present
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-OPENKBP = SHARED / "data" / "openkbp_hn_ct" / "cases"
-HEAD_MR = SHARED / "data" / "head_mr_t1"
+OPENKBP = openkbp_cases_dir()
+"""OpenKBP ``cases`` folder: ../shared's (34 cases) if present, else test/data's (pt_4, pt_17, pt_201)."""
+HEAD_MR = head_mr_dir()
 
 
 def openkbp_ct_path(case: str = "pt_4") -> Path:
-    """Path of a real OpenKBP CT (128^3, int16 HU); skips the test if ../shared is not there."""
-    path = OPENKBP / case / "ct.nii.gz"
-    if not path.is_file():
-        pytest.skip(f"shared data not available: {path}")
-    return path
+    """Path of a real OpenKBP CT (128^3, int16 HU), shared or bundled; skips the test if neither has it."""
+    folder = openkbp_case(case)
+    if folder is None:
+        pytest.skip(f"{SHARED_SKIP_REASON}: OpenKBP case {case} is not bundled in test/data")
+    return folder / "ct.nii.gz"
+
+
+_SHARED_SKIPS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember the tests that skipped for want of shared data."""
+    if report.skipped and SHARED_SKIP_REASON in str(report.longrepr):
+        _SHARED_SKIPS.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With ../shared present, a real-data test that skipped is a failure of the run (a broken data path)."""
+    if _SHARED_SKIPS and shared_present():
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"FAILED: {len(_SHARED_SKIPS)} real-data tests skipped although the shared data is "
+                                f"present: {', '.join(_SHARED_SKIPS[:5])}", red=True)
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +55,7 @@ def real_ct() -> sitk.Image:
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-fold CT+T1 random-weight model on a coarse grid (6x8x8 mm), quick enough for end-to-end runs."""
-    from test.make_test_model import make_test_model
+    from devkit.make_test_model import make_test_model
 
     return make_test_model(tmp_path_factory.mktemp("model") / "model", folds=2, spacing_zyx=(6.0, 8.0, 8.0))
 
@@ -52,13 +75,12 @@ def write_image(array: np.ndarray, path: Path, like: sitk.Image | None = None,
 
 @pytest.fixture
 def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Predictors use one CPU thread (a training job may share the machine); the setting is restored after."""
+    """Predictors use one CPU thread (a training job may share the machine); the setting is restored after.
+    (Predictors never change torch's threads themselves: the command line sets them once.)"""
     import torch
 
-    import model.predictor as predictor_module
-
     before = torch.get_num_threads()
-    monkeypatch.setattr(predictor_module, "available_cpu_threads", lambda: 1)
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 

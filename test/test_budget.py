@@ -485,7 +485,7 @@ SPACING_XYZ = (8.0, 8.0, 6.0)
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 random-weight folds, 16^3 patch, 4/8 features, on the input's own grid (no resampling), 3 mirror axes."""
-    from test.make_test_model import make_test_model
+    from devkit.make_test_model import make_test_model
 
     return make_test_model(tmp_path_factory.mktemp("budget") / "model", folds=2, spacing_zyx=(6.0, 8.0, 8.0),
                            patch_size=(16, 16, 16), features=(4, 8), mirror_axes=(0, 1, 2))
@@ -568,7 +568,6 @@ def test_a_middling_budget_drops_only_what_it_must(
     from model.model_folder import load_model_folder
     from model.predictor import Predictor, PredictorOptions
 
-    monkeypatch.setattr(predictor_module, "process_start_monotonic", lambda: None)  # the clock starts now
     monkeypatch.setattr(predictor_module.Predictor, "_time_one_pass", lambda self, case: 1.0)
     monkeypatch.setattr(predictor_module, "estimate_export_seconds", lambda case, num_classes: 0.0)
     calls = spy_on_sliding_window(monkeypatch)
@@ -595,7 +594,6 @@ def test_a_fold_that_no_longer_fits_is_skipped_but_the_first_always_completes(
     fake = FakeClock()
     monkeypatch.setattr(budget, "time", SimpleNamespace(monotonic=fake, perf_counter=time.perf_counter))
     monkeypatch.setattr(predictor_module, "time", SimpleNamespace(monotonic=fake))
-    monkeypatch.setattr(predictor_module, "process_start_monotonic", lambda: None)
     monkeypatch.setattr(predictor_module.Predictor, "_time_one_pass", lambda self, case: 0.001)
     monkeypatch.setattr(predictor_module, "estimate_export_seconds", lambda case, num_classes: 0.0)
     calls = spy_on_sliding_window(monkeypatch, after_call=lambda: fake.advance(99.0))

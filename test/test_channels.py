@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from contract.errors import ModelFolderError
-from contract.imageio import read_scan
-from contract.inputs import CaseInputs
+from contract.imageio import read_image, read_scan
+from devkit.make_test_model import make_test_model
 from preprocessing.channels import (
     LEGACY_PLAN,
     MR_DROPOUT_FILL,
@@ -24,7 +24,6 @@ from preprocessing.channels import (
 )
 from preprocessing.synthetic_t1 import make_t1_like
 from test.conftest import openkbp_ct_path
-from test.make_test_model import make_test_model
 from test.test_process import run_process
 
 SEED_KEYS = SEED_RECIPE_PLAN.dataset_json_keys()
@@ -85,13 +84,11 @@ def test_ct_windows_are_clipped_hu_and_missing_mr_fills_every_mr_channel():
         assert t1.shape == soft.shape and np.all(t1 == MR_DROPOUT_FILL)
 
 
-def test_prepare_channels_without_mr_gives_the_dropout_fill(real_ct, tmp_path):
-    from process import prepare_channels
+def test_prepare_channels_without_mr_gives_the_dropout_fill(real_ct):
+    from preprocessing.channels import MR_ABSENT, prepare_case_channels
 
-    path = tmp_path / "ct.mha"
-    sitk.WriteImage(real_ct, str(path))
-    built = prepare_channels(CaseInputs("c", path, None), read_scan(path, "CT"), SEED_RECIPE_PLAN)
-    assert built.mr is not None and built.mr.status == "missing" and built.mr.transforms() == []
+    built = prepare_case_channels(real_ct, None, SEED_RECIPE_PLAN)
+    assert built.decision.status == MR_ABSENT and built.decision.stages == [] and built.mr_on_ct is None
     assert np.all(built.arrays[2] == MR_DROPOUT_FILL)
     hu = sitk.GetArrayViewFromImage(real_ct)
     assert np.array_equal(built.arrays[1], np.clip(hu, -800, 2200).astype(np.float32))
@@ -100,7 +97,7 @@ def test_prepare_channels_without_mr_gives_the_dropout_fill(real_ct, tmp_path):
 def test_converter_and_inference_build_identical_channels(tmp_path):
     """One HaN-Seg-layout case (real OpenKBP CT, T1-like MR in its own frame): the converter's channel files and
     inference's in-memory channels are the same arrays, for the seed recipe's three channels (rigid stage)."""
-    from process import prepare_channels
+    from preprocessing.channels import MR_USED, prepare_case_channels
     from training.convert_hanseg import convert
 
     ct = sitk.ReadImage(str(openkbp_ct_path("pt_4")))
@@ -117,9 +114,9 @@ def test_converter_and_inference_build_identical_channels(tmp_path):
     written = [sitk.GetArrayFromImage(sitk.ReadImage(str(out / "imagesTr" / f"case_01_{i:04d}.nii.gz")))
                for i in range(3)]
 
-    inference = prepare_channels(CaseInputs("case_01", case / "case_01_IMG_CT.nrrd", case / "case_01_IMG_MR_T1.nrrd"),
-                                 read_scan(case / "case_01_IMG_CT.nrrd", "CT"), plan)
-    assert inference.mr.status == "registered"
+    inference = prepare_case_channels(read_scan(case / "case_01_IMG_CT.nrrd", "CT"),
+                                      read_image(case / "case_01_IMG_MR_T1.nrrd", "T1 MR"), plan)
+    assert inference.decision.status == MR_USED
     for i, (a, b) in enumerate(zip(written, inference.arrays)):
         assert a.dtype == b.dtype and np.array_equal(a, b), f"channel {i} differs"
     assert np.count_nonzero(written[2]) > 0.05 * written[2].size  # the T1 (head only) is there, not the fill

@@ -180,13 +180,13 @@ def model_dir(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path | No
     """A model folder for /opt/ml/model: HANSEG_TEST_MODEL, else a quick random-weight one made inside the image."""
     if os.environ.get("HANSEG_TEST_MODEL"):
         return Path(os.environ["HANSEG_TEST_MODEL"])
-    if not (REPO / "test" / "make_test_model.py").is_file():
+    if not (REPO / "devkit" / "make_test_model.py").is_file():
         return None
     out = tmp_path_factory.mktemp("container-model")
     out.chmod(0o777)
     docker("run", "--rm", "--network", "none", "--entrypoint", "python", "-v", f"{REPO}:/src:ro", "-w", "/src",
            "-v", f"{out}:/model", image, "-c",
-           "from test.make_test_model import make_test_model; "
+           "from devkit.make_test_model import make_test_model; "
            "make_test_model('/model', folds=1, spacing_zyx=(6.0, 8.0, 8.0), mirror_axes=())")
     return out
 

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from contract.errors import InputError
 from contract.labels import HANSEG_LABELS, HANSEG_OAR_NAMES
+from devkit.data import SHARED_SKIP_REASON, openkbp_cases_dir
 from evaluation.__main__ import main
 from evaluation.cases import case_key, discover_ground_truth, match_cases, names_match
 from evaluation.evaluate import evaluate_folder
@@ -28,7 +29,7 @@ from test.test_evaluation_support import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-OPENKBP = REPO.parent / "shared" / "data" / "openkbp_hn_ct" / "cases"
+OPENKBP = openkbp_cases_dir()
 DIAGONAL = float(np.linalg.norm((np.asarray(SIZE_XYZ) - 1) * np.asarray(SPACING_XYZ)))
 
 
@@ -233,7 +234,7 @@ def test_unknown_mask_files_are_ignored_and_empty_masks_listed(dataset: dict[str
     assert discover_ground_truth(dataset["folder"])["case_02"].ignored_files[0].name.startswith("case_02_OAR_NotAn")
 
 
-@pytest.mark.skipif(not OPENKBP.is_dir(), reason="shared OpenKBP data not present")
+@pytest.mark.skipif(not OPENKBP.is_dir(), reason=SHARED_SKIP_REASON)
 def test_realistic_run_on_openkbp_cases(tmp_path: Path, capsys) -> None:
     """Two real H&N CTs with clinical OARs (mapped to HaN-Seg names); prediction = GT moved one voxel along x."""
     mapping = {1: "Brainstem", 2: "SpinalCord", 3: "Parotid_R", 4: "Parotid_L", 5: "Esophagus_S", 6: "Larynx_SG",

@@ -12,11 +12,12 @@ from PIL import Image
 
 from contract.errors import OutputError
 from contract.labels import HANSEG_LABELS, HANSEG_OAR_NAMES
+from devkit.data import SHARED_SKIP_REASON, openkbp_cases_dir
 from evaluation.qa import LABEL_COLOURS, OAR_COLOURS, PANEL_PX, panel_origin, qa_image_size, write_qa
 from test.test_evaluation_support import synthetic_ct
 
 REPO = Path(__file__).resolve().parents[1]
-OPENKBP = REPO.parent / "shared" / "data" / "openkbp_hn_ct" / "cases"
+OPENKBP = openkbp_cases_dir()
 
 SPACING = (0.7, 0.7, 3.0)  # x, y, z mm: strongly anisotropic
 SHAPE_ZYX = (30, 100, 100)
@@ -150,7 +151,7 @@ def test_colour_table_is_complete_and_distinct() -> None:
         assert tuple(LABEL_COLOURS[value]) == OAR_COLOURS[name]
 
 
-@pytest.mark.skipif(not OPENKBP.is_dir(), reason="shared OpenKBP data not present")
+@pytest.mark.skipif(not OPENKBP.is_dir(), reason=SHARED_SKIP_REASON)
 def test_real_ct_picture(tmp_path: Path) -> None:
     case = sorted(p for p in OPENKBP.iterdir() if (p / "oar_labels.nii.gz").is_file())[0]
     ct = sitk.ReadImage(str(case / "ct.nii.gz"))

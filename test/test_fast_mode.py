@@ -147,7 +147,7 @@ def test_no_cpuinfo_means_no_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def build_tiny_model(out: Path, mirror_axes: tuple[int, ...], folds: int = 2, seed: int = 0) -> Path:
     """A random-weight model folder: 16^3 patch, 4/8 features, 31 classes, on the input's own grid."""
-    from test.make_test_model import make_test_model
+    from devkit.make_test_model import make_test_model
 
     return make_test_model(out, folds=folds, spacing_zyx=(6.0, 8.0, 8.0), patch_size=PATCH, features=(4, 8),
                            mirror_axes=mirror_axes, seed=seed)

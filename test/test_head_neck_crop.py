@@ -12,10 +12,10 @@ import pytest
 import SimpleITK as sitk
 
 from contract.errors import ModelFolderError
+from devkit.make_test_model import make_test_model
 from preprocessing.channels import ChannelPlan, ChannelRecipe
 from preprocessing.head_neck_crop import CropSettings, crop_image, head_neck_box, parse_crop, uncrop_labels
 from test.conftest import OPENKBP, openkbp_ct_path
-from test.make_test_model import make_test_model
 
 CT_WINDOWS = ChannelPlan((ChannelRecipe("CT_soft", "CT", (40.0, 400.0)),
                           ChannelRecipe("CT_bone", "CT", (700.0, 3000.0))))
@@ -68,25 +68,22 @@ def _voxelwise_model(folder: Path, ct: sitk.Image, crop: bool) -> Path:
 
 
 def test_crop_is_undone_exactly_and_labels_match_without_it(real_ct, tmp_path, one_thread):
-    """Same voxel-wise weights, model folders with and without ``head_neck_crop``, through process.run_case.
+    """Same voxel-wise weights, model folders with and without ``head_neck_crop``, through hanseg.segment.
 
     Exact: the cropped run equals the uncropped model run on the CT cut to the box, pasted back voxel for voxel,
     background outside (the crop is undone exactly). With and without the crop on the whole CT (a case whose OARs
     are all inside the box) the labels inside the box agree except where fp16 logit accumulation over a different
     tiling flips a near-tie (nnU-Net accumulates in fp16 too): at most 0.1 % of the voxels."""
-    from contract.inputs import CaseInputs
-    from process import RunOptions, build_predictor, run_case
+    from hanseg.api import Model, segment
+    from hanseg.settings import Settings
 
     box = head_neck_box(real_ct, CropSettings(**CROP))
     inputs = {"full": real_ct, "cut": crop_image(real_ct, box)}
     out = {}
     for crop, name in ((False, "full"), (True, "full"), (False, "cut")):
-        path = tmp_path / f"{name}.mha"
-        sitk.WriteImage(inputs[name], str(path))
-        model = _voxelwise_model(tmp_path / f"model_{crop}_{name}", real_ct, crop)
-        options = RunOptions(model_dir=model, device="cpu", progress=False, threads=1)
-        run_case(CaseInputs("c", path, None), tmp_path / f"out_{crop}_{name}.mha", build_predictor(options), options)
-        out[crop, name] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"out_{crop}_{name}.mha")))
+        model = Model.load(_voxelwise_model(tmp_path / f"model_{crop}_{name}", real_ct, crop),
+                           Settings(device="cpu", progress=False))
+        out[crop, name] = sitk.GetArrayFromImage(segment(inputs[name], None, model).labels)
     inside = np.zeros(out[False, "full"].shape, bool)
     inside[box] = True
     oars = sitk.GetArrayFromImage(sitk.ReadImage(str(openkbp_ct_path("pt_4").parent / "oar_labels.nii.gz")))

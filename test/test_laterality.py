@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from contract.labels import check_lr_split, hanseg_value, lateral_splits, model_to_hanseg_lookup
+from devkit.data import SHARED_SKIP_REASON, openkbp_case
 from preprocessing.laterality import midline_profile, physical_points, split_left_right
 from preprocessing.orientation import reorient
 from test.conftest import OPENKBP
@@ -74,9 +75,9 @@ def test_the_split_does_not_depend_on_how_the_ct_is_stored(permutation, flips):
 @pytest.mark.parametrize("case", ["pt_4", "pt_201", "pt_13"])
 def test_the_estimated_midline_separates_the_clinical_parotid_contours(case):
     """On real OpenKBP anatomy: every voxel of the clinicians' left parotid is split to the left and vice versa."""
-    path = OPENKBP / case
+    path = openkbp_case(case) or OPENKBP / case  # pt_4 and pt_201 are bundled in test/data
     if not (path / "oar_labels.nii.gz").is_file():
-        pytest.skip(f"needs the shared OpenKBP case {path}")
+        pytest.skip(f"{SHARED_SKIP_REASON}: OpenKBP case {case}")
     ct = sitk.ReadImage(str(path / "ct.nii.gz"))
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(path / "oar_labels.nii.gz")))  # 3 RightParotid, 4 LeftParotid
     merged = np.where(np.isin(truth, (3, 4)), LEFT, 0).astype(np.uint8)
@@ -109,7 +110,7 @@ def test_lr_split_declarations_are_checked():
 
 # ------------------------------------------------------------------------------------------ whole pipeline
 def merged_label_model(tmp_path: Path, lr_split: dict | None) -> Path:
-    from test.make_test_model import make_test_model
+    from devkit.make_test_model import make_test_model
 
     folder = make_test_model(tmp_path / "merged_model", folds=1, label_names=("Brainstem", "Parotid"),
                              channel_names=("CT",), spacing_zyx=(6.0, 8.0, 8.0), mirror_axes=(2,))

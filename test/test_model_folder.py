@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from contract.errors import ModelFolderError
+from devkit.make_test_model import make_test_model
 from model.device import autocast_for, select_device
 from model.model_folder import load_model_folder, resolve_configuration
 from model.network import build_network, load_fold_weights, locate
-from test.make_test_model import make_test_model
 
 
 @pytest.fixture(scope="module")

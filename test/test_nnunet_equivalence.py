@@ -15,12 +15,12 @@ import SimpleITK as sitk
 import torch
 
 from contract.labels import HANSEG_OAR_NAMES, model_to_hanseg_lookup
+from devkit.make_test_model import make_test_model
+from devkit.nnunet_reference import nnunet_predict, per_label_dice
 from model.model_folder import load_model_folder
 from model.predictor import Predictor, PredictorOptions
 from preprocessing.synthetic_t1 import hu_to_t1
 from test.conftest import write_image
-from test.make_test_model import make_test_model
-from test.nnunet_reference import nnunet_predict, per_label_dice
 
 pytest.importorskip("nnunetv2", reason="nnunetv2 2.8.1 is installed for tests only (requirements-test.txt)")
 
@@ -90,13 +90,12 @@ def test_2d_model_matches_nnunet(case_files, tmp_path):
 @pytest.mark.slow
 def test_seed_recipe_three_channel_model_matches_nnunet(real_ct, tmp_path):
     """A model folder declaring the seed recipe (CT soft window, CT bone window, T1; rigid MR stage). Ours: the
-    case's CT + MR through process.prepare_channels (registration and channel building, as process.py runs them)
-    and our predictor; nnU-Net 2.8.1: the three channel files of those arrays. Also: process.write_case_qa writes
-    the transform the case used, and it reproduces the T1 channel."""
-    from contract.imageio import read_scan
-    from contract.inputs import CaseInputs
-    from preprocessing.channels import SEED_RECIPE_PLAN, ChannelPlan
-    from process import prepare_channels, to_label_image, write_case_qa
+    case's CT + MR through prepare_case_channels (registration and channel building, as hanseg.segment runs them)
+    and our predictor; nnU-Net 2.8.1: the three channel files of those arrays. Also: the per-stage transform that
+    process.py writes beside the QA output reproduces the T1 channel."""
+    from contract.imageio import read_image, read_scan
+    from preprocessing.channels import MR_USED, SEED_RECIPE_PLAN, ChannelPlan, prepare_case_channels
+    from process import write_stage_transforms
     from test.test_process import make_case
 
     plan = ChannelPlan(SEED_RECIPE_PLAN.recipes, "rigid")
@@ -108,9 +107,8 @@ def test_seed_recipe_three_channel_model_matches_nnunet(real_ct, tmp_path):
     ct_path = case_root / "images" / "ct" / "case_a.mha"
     mr_path = case_root / "images" / "t1-mri" / "case_a_t1.mha"
     ct = read_scan(ct_path, "CT")
-    case = CaseInputs("case_a", ct_path, mr_path)
-    built = prepare_channels(case, ct, model.channel_plan)
-    assert built.mr.status == "registered"
+    built = prepare_case_channels(ct, read_image(mr_path, "T1 MR"), model.channel_plan)
+    assert built.decision.status == MR_USED
     predictor = Predictor(model, torch.device("cpu"), PredictorOptions(use_mirroring=True, progress=False))
     ours = predictor.predict(built.arrays, ct.GetSpacing())
 
@@ -125,7 +123,7 @@ def test_seed_recipe_three_channel_model_matches_nnunet(real_ct, tmp_path):
     print(f"seed recipe, 3 channels: min per-label Dice {min(dice.values()):.4f} over {len(used)} labels")
     assert min(dice.values()) >= DICE_BAR, dice
 
-    write_case_qa(case, ct, to_label_image(ours, ct), built.mr.image, tmp_path / "qa", built.mr.transforms())
+    write_stage_transforms(built.decision.stages, tmp_path / "qa", "case_a")
     assert not (tmp_path / "qa" / "case_a_ct_to_mr_deformable.tfm").exists()  # rigid model: no B-spline stage
     transform = sitk.ReadTransform(str(tmp_path / "qa" / "case_a_ct_to_mr_rigid.tfm"))
     again = sitk.Resample(sitk.Cast(sitk.ReadImage(str(mr_path)), sitk.sitkFloat32), ct, transform, sitk.sitkLinear,

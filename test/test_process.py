@@ -19,9 +19,9 @@ import pytest
 import SimpleITK as sitk
 
 from contract.labels import HANSEG_NAMES_BY_VALUE, HANSEG_OAR_NAMES, MAX_LABEL
+from devkit.make_test_model import make_test_model
 from preprocessing.synthetic_t1 import make_t1_like
 from test.conftest import REPO, write_image
-from test.make_test_model import make_test_model
 
 MR_SPACING = (1.8, 1.8, 3.0)  # coarse MR grid keeps the test quick; registration accuracy is tested elsewhere
 
@@ -199,7 +199,9 @@ def test_qa_option_writes_a_picture_and_volumes_beside_the_contract_output(real_
                          "--folds", "0", "--qa", tmp_path / "qa")
     assert result.returncode == 0, result.stderr[-3000:]
     labels = assert_contract_output(tmp_path / "out", ct)  # the QA folder is outside the output contract
-    assert sorted(p.name for p in (tmp_path / "qa").iterdir()) == ["case_a_qa.png", "case_a_volumes.json"]
+    # the run record goes next to the QA output (no MR: no CT->MR transform file)
+    assert sorted(p.name for p in (tmp_path / "qa").iterdir()) == ["case_a.record.json", "case_a_qa.png",
+                                                                   "case_a_volumes.json"]
     assert (tmp_path / "qa" / "case_a_qa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     volumes = json.loads((tmp_path / "qa" / "case_a_volumes.json").read_text())["volumes_ml"]
     present = {HANSEG_NAMES_BY_VALUE[int(v)] for v in np.unique(labels) if v}

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from devkit.data import SHARED_SKIP_REASON
 from preprocessing.registration import RegistrationResult, register_mr_to_ct, resample_mr_to_ct
 from preprocessing.synthetic_t1 import (
     SyntheticMR,
@@ -164,7 +165,7 @@ def test_real_mr_does_not_crash(name: str) -> None:
     """A real T1 (another subject, head only) against an OpenKBP CT: any decision, no exception."""
     path = HEAD_MR / name
     if not path.is_file():
-        pytest.skip(f"real MR not available at {path}")
+        pytest.skip(f"{SHARED_SKIP_REASON}: real MR {name}")
     mr = sitk.ReadImage(str(path))
     result = register_mr_to_ct(load_ct("pt_17"), mr, threads=THREADS)
     check_result_shape(result)

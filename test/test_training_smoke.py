@@ -17,14 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from devkit.data import SHARED_SKIP_REASON
+from training.shared_data import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-OPENKBP = Path("/work/shared/data/openkbp_hn_ct")
+OPENKBP = shared_data_dir() / "openkbp_hn_ct"
 BIN = Path(sys.executable).parent
 CASES = ["pt_4", "pt_13", "pt_201"]  # pt_201 is a validation-pats case: held out in imagesTs
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (OPENKBP / "cases.json").exists(), reason="shared OpenKBP data not present"),
+    pytest.mark.skipif(not (OPENKBP / "cases.json").exists(), reason=SHARED_SKIP_REASON),
     pytest.mark.skipif(not (BIN / "nnUNetv2_train").exists(), reason="nnunetv2 not installed (requirements-train)"),
 ]
 

@@ -3,7 +3,7 @@
 The folder is what ``nnUNetv2_train`` would leave (``plans.json``, ``dataset.json``, ``fold_N/checkpoint_final.pth``),
 valid for nnU-Net's own ``nnUNetPredictor`` too, so the two predictors can be compared on the same weights.
 
-    python -m test.make_test_model OUT_DIR [--folds 2] [--ct-only] [--shuffle-labels]
+    python -m devkit.make_test_model OUT_DIR [--folds 2] [--ct-only] [--shuffle-labels]
 """
 
 from __future__ import annotations
