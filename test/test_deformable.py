@@ -64,10 +64,16 @@ def test_written_transforms_reproduce_the_resampled_mr(deformed_case, tmp_path):
     assert result.accepted and result.bspline is not None
     paths = write_transforms([("rigid", rigid.ct_to_mr), ("deformable", result.ct_to_mr)], tmp_path, "c")
     assert [p.name for p in paths] == ["c_ct_to_mr_rigid.tfm", "c_ct_to_mr_deformable.tfm"]
+    points = body_points_in_mr_fov(ct, synth.image, synth.ct_to_mr, max_points=2000)
     for path, transform in zip(paths, (rigid.ct_to_mr, result.ct_to_mr)):
+        read = sitk.ReadTransform(str(path))
+        assert target_registration_error(points, transform, read).max() < 1e-6, path.name
         expected = sitk.GetArrayViewFromImage(resample_mr_to_ct(synth.image, ct, transform))
-        again = sitk.Resample(synth.image, ct, sitk.ReadTransform(str(path)), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        assert np.allclose(sitk.GetArrayViewFromImage(again), expected, atol=1e-3), path.name
+        again = sitk.GetArrayViewFromImage(sitk.Resample(synth.image, ct, read, sitk.sitkLinear, 0.0,
+                                                         sitk.sitkFloat32))
+        # the text file keeps the Euler angles, not the matrix: ~1e-13 mm apart, which can move a voxel exactly on
+        # the MR's field-of-view border in or out; everywhere else the images agree
+        assert np.count_nonzero(~np.isclose(again, expected, atol=1e-3)) <= 1e-4 * again.size, path.name
     fov_only = resample_deformable(synth.image, ct, result.ct_to_mr, rigid.ct_to_mr)
     assert np.array_equal(sitk.GetArrayViewFromImage(fov_only),
                           sitk.GetArrayViewFromImage(resample_mr_to_ct(synth.image, ct, result.ct_to_mr)))
