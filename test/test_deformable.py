@@ -68,15 +68,15 @@ def test_written_transforms_reproduce_the_resampled_mr(deformed_case, tmp_path):
     for path, transform in zip(paths, (rigid.ct_to_mr, result.ct_to_mr)):
         read = sitk.ReadTransform(str(path))
         assert target_registration_error(points, transform, read).max() < 1e-6, path.name
-        expected = sitk.GetArrayViewFromImage(resample_mr_to_ct(synth.image, ct, transform))
-        again = sitk.GetArrayViewFromImage(sitk.Resample(synth.image, ct, read, sitk.sitkLinear, 0.0,
-                                                         sitk.sitkFloat32))
+        expected = sitk.GetArrayFromImage(resample_mr_to_ct(synth.image, ct, transform))  # copies: the images are
+        again = sitk.GetArrayFromImage(sitk.Resample(synth.image, ct, read, sitk.sitkLinear, 0.0,  # temporaries
+                                                     sitk.sitkFloat32))
         # the text file keeps the Euler angles, not the matrix: ~1e-13 mm apart, which can move a voxel exactly on
         # the MR's field-of-view border in or out; everywhere else the images agree
         assert np.count_nonzero(~np.isclose(again, expected, atol=1e-3)) <= 1e-4 * again.size, path.name
     fov_only = resample_deformable(synth.image, ct, result.ct_to_mr, rigid.ct_to_mr)
-    assert np.array_equal(sitk.GetArrayViewFromImage(fov_only),
-                          sitk.GetArrayViewFromImage(resample_mr_to_ct(synth.image, ct, result.ct_to_mr)))
+    assert np.array_equal(sitk.GetArrayFromImage(fov_only),
+                          sitk.GetArrayFromImage(resample_mr_to_ct(synth.image, ct, result.ct_to_mr)))
 
 
 def test_failed_check_falls_back_to_the_rigid_transform(deformed_case, caplog):
