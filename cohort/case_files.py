@@ -68,6 +68,7 @@ def run_case(case: CaseInputs, output_path: Path, model, options: Settings,  # n
     if options.qa_dir is not None:
         write_case_qa(case, result.oriented_ct, result.oriented_labels, result.mr_on_ct, options.qa_dir)
         write_record(record, options.qa_dir, case.case_id, transforms)
+        write_stage_transforms(result.mr.stages, options.qa_dir, case.case_id)
     if options.record_dir is not None:
         write_record(record, options.record_dir, case.case_id, transforms)
     log.info("case %s done in %.1f s: %d OARs labelled -> %s", case.case_id, time.perf_counter() - start,
@@ -87,6 +88,15 @@ def prepare_output(output_path: Path) -> None:
             output_path.unlink()
         except OSError as err:
             raise OutputError(output_path, f"cannot remove the previous result ({err.strerror or err})") from None
+def write_stage_transforms(stages, qa_dir: Path, case_id: str) -> None:  # noqa: ANN001
+    """The MR registration transforms by stage (``<case>_ct_to_mr_rigid.tfm``, ``<case>_ct_to_mr_deformable.tfm``
+    when the B-spline stage was used; CT -> MR physical space) beside the QA output."""
+    from preprocessing.channels import write_transforms
+
+    try:
+        write_transforms(stages, qa_dir, case_id)
+    except (OSError, RuntimeError) as err:
+        raise OutputError(qa_dir, f"cannot write the transforms of case {case_id} ({err})") from None
 
 
 def write_case_qa(case: CaseInputs, ct, labels, mr_on_ct, qa_dir: Path) -> None:  # noqa: ANN001

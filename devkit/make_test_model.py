@@ -35,8 +35,10 @@ def make_plans(
     patch_size: Sequence[int] = (32, 48, 48),
     features: Sequence[int] = (8, 16, 32, 64),
     configuration: str = "3d_fullres",
+    arch_overrides: dict | None = None,
 ) -> dict:
-    """nnU-Net v2 plans for a small PlainConvUNet (axis order z, y, x; spacing in mm)."""
+    """nnU-Net v2 plans for a small PlainConvUNet (axis order z, y, x; spacing in mm); ``arch_overrides`` replace
+    entries of its ``arch_kwargs`` (e.g. 1x1x1 kernels for a voxel-wise network)."""
     n_stages = len(features)
     dims = len(patch_size)
     conv = f"torch.nn.modules.conv.Conv{dims}d"
@@ -86,6 +88,7 @@ def make_plans(
                         "dropout_op_kwargs": None,
                         "nonlin": "torch.nn.LeakyReLU",
                         "nonlin_kwargs": {"inplace": True},
+                        **(arch_overrides or {}),
                     },
                     "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
                 },
@@ -104,13 +107,16 @@ def make_plans(
     }
 
 
-def make_dataset_json(label_names: Sequence[str], channel_names: Sequence[str] = ("CT", "T1")) -> dict:
-    """dataset.json with the given OAR names as consecutive labels 1..N after background."""
+def make_dataset_json(label_names: Sequence[str], channel_names: Sequence[str] = ("CT", "T1"),
+                      extra: dict | None = None) -> dict:
+    """dataset.json with the given OAR names as consecutive labels 1..N after background; ``extra`` keys added
+    (e.g. ``channel_recipes``, ``mr_registration``, ``head_neck_crop``)."""
     return {
         "channel_names": {str(i): n for i, n in enumerate(channel_names)},
         "labels": {"background": 0, **{name: i + 1 for i, name in enumerate(label_names)}},
         "numTraining": 0,
         "file_ending": ".nii.gz",
+        **(extra or {}),
     }
 
 
@@ -148,13 +154,15 @@ def make_test_model(
     mirror_axes: Sequence[int] | None = (0, 1, 2),
     trainer_name: str = "nnUNetTrainer",
     seed: int = 0,
+    dataset_extra: dict | None = None,
+    arch_overrides: dict | None = None,
 ) -> Path:
     """Write a random-weight model folder to ``out_dir`` and return it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     configuration = "3d_fullres" if len(patch_size) == 3 else "2d"
-    plans = make_plans(len(channel_names), spacing_zyx, patch_size, features, configuration)
-    dataset = make_dataset_json(label_names, channel_names)
+    plans = make_plans(len(channel_names), spacing_zyx, patch_size, features, configuration, arch_overrides)
+    dataset = make_dataset_json(label_names, channel_names, dataset_extra)
     (out / "plans.json").write_text(json.dumps(plans, indent=2))
     (out / "dataset.json").write_text(json.dumps(dataset, indent=2))
     for fold in range(folds):

@@ -29,7 +29,8 @@ from contract.errors import InputError, ModelFolderError
 from contract.imageio import validate_scan
 from contract.labels import MAX_LABEL
 from hanseg.settings import Settings
-from preprocessing.channels import MrDecision, channel_arrays, prepare_channels
+from preprocessing.channels import MrDecision, prepare_case_channels
+from preprocessing.head_neck_crop import crop_image, head_neck_box, uncrop_labels
 from preprocessing.laterality import split_left_right
 from preprocessing.orientation import labels_to_original_orientation, orientation_of, reorient
 
@@ -177,15 +178,18 @@ def segment(ct: sitk.Image, mr: sitk.Image | None = None, model: Model | str | P
                      orientation_of(ct), predictor.model.orientation)
     timings["validate_and_orient"] = time.perf_counter() - started
     stage = time.perf_counter()
-    channels, decision = prepare_channels(oriented, mr, predictor.model.mr_channel,
-                                          predictor.model.num_input_channels, mr_source)
+    crop = predictor.model.head_neck_crop  # declared by the model folder; undone voxel for voxel below
+    box = head_neck_box(oriented, crop) if crop is not None else None
+    work = oriented if box is None else crop_image(oriented, box)
+    channels = prepare_case_channels(work, mr, predictor.model.channel_plan, mr_source)
+    decision = channels.decision
     timings["mr_channel"] = time.perf_counter() - stage
     stage = time.perf_counter()
-    preprocessed = predictor.preprocess(channel_arrays(channels), oriented.GetSpacing())
+    preprocessed = predictor.preprocess(channels.arrays, work.GetSpacing())
     timings["preprocess"] = time.perf_counter() - stage
     if not _all_finite(preprocessed.data):
         raise InputError(ct_source, "the network input is not finite after preprocessing (NaN/inf)")
-    mr_on_ct = channels[1] if keep_model_grid and len(channels) > 1 else None
+    mr_on_ct = channels.mr_on_ct if keep_model_grid else None
     del channels  # the registered MR (0.8 GB on a HaN-Seg CT) is not needed for the ensemble and export
     from model.predictor import PredictionReport
 
@@ -194,6 +198,8 @@ def segment(ct: sitk.Image, mr: sitk.Image | None = None, model: Model | str | P
     labels = predictor.predict_preprocessed(preprocessed, deadline, report)
     timings["predict_and_export"] = time.perf_counter() - stage
     del preprocessed
+    if box is not None:
+        labels = uncrop_labels(labels, box, sitk.GetArrayViewFromImage(oriented).shape)
     labels = split_left_right(labels, oriented, predictor.lateral_splits)  # merged L/R labels of lr_split models
     image = to_label_image(labels_to_original_orientation(labels, oriented, ct), ct)
     timings["total"] = time.perf_counter() - started

@@ -4,6 +4,8 @@ A model folder (``<Dataset>/<Trainer>__<Plans>__<configuration>/`` as nnU-Net wr
 
     plans.json                      network, patch size, spacing, normalisation, resampling, transposes
     dataset.json                    channel_names (input channels) and labels (name -> value); optional
+                                    "channel_recipes" / "mr_registration" (how each channel is made:
+                                    preprocessing.channels), "head_neck_crop" (preprocessing.head_neck_crop),
                                     "orientation": the training images' orientation code (this project's
                                     addition, preprocessing.orientation; default "LPS", the identity direction)
     fold_N/checkpoint_final.pth     per fold: network_weights, init_args.configuration, trainer_name,
@@ -27,14 +29,14 @@ import torch
 
 from contract.errors import ModelFolderError
 from model.checkpoint_loading import load_checkpoint
+from preprocessing.channels import ChannelPlan, parse_channel_plan
+from preprocessing.head_neck_crop import CropSettings, parse_crop
 from preprocessing.orientation import DEFAULT_ORIENTATION, check_orientation_code
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint_final.pth"
 FOLD_PATTERN = re.compile(r"^fold_(\d+|all)$")
-CT_CHANNEL_NAMES = frozenset({"ct", "CT"})
-MR_CHANNEL_KEYWORDS = ("t1", "mr", "mri")
 
 SUPPORTED_NORMALIZATIONS = frozenset(
     {"CTNormalization", "ZScoreNormalization", "NoNormalization", "RescaleTo01Normalization"}
@@ -138,20 +140,26 @@ class ModelFolder:
             raise ModelFolderError(self.path / "dataset.json", str(err)) from None
 
     @property
+    def channel_plan(self) -> ChannelPlan:
+        """How each input channel is made from a case (``channel_names`` + ``channel_recipes`` +
+        ``mr_registration``; :mod:`preprocessing.channels`)."""
+        return parse_channel_plan(self.dataset, self.path / "dataset.json")
+
+    @property
+    def head_neck_crop(self) -> CropSettings | None:
+        """The head-and-neck crop the model asks for (``dataset.json['head_neck_crop']``), or None."""
+        return parse_crop(self.dataset, self.path / "dataset.json")
+
+    @property
     def ct_channel(self) -> int:
-        """Index of the CT channel."""
-        for i, name in enumerate(self.channel_names):
-            if name in CT_CHANNEL_NAMES:
-                return i
-        raise ModelFolderError(self.path / "dataset.json", f"no CT channel among {self.channel_names}")
+        """Index of the first CT-derived channel."""
+        return self.channel_plan.ct_channels[0]
 
     @property
     def mr_channel(self) -> int | None:
-        """Index of the T1 MR channel, or None for a CT-only model."""
-        for i, name in enumerate(self.channel_names):
-            if any(k in name.lower() for k in MR_CHANNEL_KEYWORDS):
-                return i
-        return None
+        """Index of the first T1-derived channel, or None for a CT-only model."""
+        channels = self.channel_plan.mr_channels
+        return channels[0] if channels else None
 
 
 MAX_JSON_BYTES = 16 * 2**20
@@ -393,7 +401,8 @@ def load_model_folder(path: str | Path, folds: list[str] | None = None, trust_mo
         trainer_name=trainer_name,
         mirror_axes=mirror_axes,
     )
-    model.ct_channel  # noqa: B018 - raises early if the model has no CT channel
+    model.channel_plan  # noqa: B018 - raises early on an unknown channel or recipe, or no CT channel
+    model.head_neck_crop  # noqa: B018 - raises early on a malformed crop declaration
     model.orientation  # noqa: B018 - raises early on an invalid orientation code
     log.info(
         "model %s: %s, configuration %s, folds %s, channels %s, %d classes, mirror axes %s, orientation %s",

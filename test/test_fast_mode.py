@@ -80,10 +80,10 @@ def test_the_compiled_runtime_replaces_torch_autocast_on_the_cpu_only(monkeypatc
 
 
 def test_compiled_is_the_default_where_openvino_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    import model.compiled
+    import model.fast
 
     for installed in (True, False):
-        monkeypatch.setattr(model.compiled, "available", lambda installed=installed: installed)
+        monkeypatch.setattr(model.fast, "openvino_available", lambda installed=installed: installed)
         assert fast_settings(CPU, (0, 1, 2)).compiled is installed
 
 
@@ -199,12 +199,12 @@ def test_the_predictor_takes_its_mirroring_and_precision_from_fast_mode(
     tiny_model_3_axes: Path, monkeypatch: pytest.MonkeyPatch, fast_mode: bool, use_mirroring: bool, has_bf16: bool,
     axes: tuple[int, ...], dtype: torch.dtype | None,
 ) -> None:
-    import model.compiled
+    import model.fast
     from model.model_folder import load_model_folder
     from model.predictor import Predictor, PredictorOptions
 
     cpu_flags(monkeypatch, has_bf16)
-    monkeypatch.setattr(model.compiled, "available", lambda: False)  # the torch fallback of fast mode
+    monkeypatch.setattr(model.fast, "openvino_available", lambda: False)  # the torch fallback of fast mode
     options = PredictorOptions(progress=False, fast=fast_mode, use_mirroring=use_mirroring)
     predictor = Predictor(load_model_folder(tiny_model_3_axes), CPU, options)
     assert predictor.mirror_axes == axes
@@ -223,13 +223,13 @@ def test_fast_mode_with_bf16_keeps_the_shape_and_almost_every_label(
     many voxels near a tie between two of the 31 classes, which bf16's 8-bit mantissa flips. 0.97 allows ~3x the
     measured disagreement.
     """
-    import model.compiled
+    import model.fast
     import model.predictor as predictor_module
     from model.model_folder import load_model_folder
     from model.predictor import Predictor, PredictorOptions
 
     cpu_flags(monkeypatch, True)
-    monkeypatch.setattr(model.compiled, "available", lambda: False)  # the torch fallback of fast mode
+    monkeypatch.setattr(model.fast, "openvino_available", lambda: False)  # the torch fallback of fast mode
     model = load_model_folder(tiny_model)
     channels = random_ct_and_t1(SHAPE_ZYX)
     exact = Predictor(model, CPU, PredictorOptions(progress=False)).predict(channels, SPACING_XYZ)

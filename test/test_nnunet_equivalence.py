@@ -85,3 +85,47 @@ def test_2d_model_matches_nnunet(case_files, tmp_path):
     )
     dice = _compare(model_dir, case_files, tmp_path, mirroring=True)
     assert min(dice.values()) >= DICE_BAR, dice
+
+
+@pytest.mark.slow
+def test_seed_recipe_three_channel_model_matches_nnunet(real_ct, tmp_path):
+    """A model folder declaring the seed recipe (CT soft window, CT bone window, T1; rigid MR stage). Ours: the
+    case's CT + MR through prepare_case_channels (registration and channel building, as hanseg.segment runs them)
+    and our predictor; nnU-Net 2.8.1: the three channel files of those arrays. Also: the per-stage transform that
+    process.py writes beside the QA output reproduces the T1 channel."""
+    from contract.imageio import read_image, read_scan
+    from preprocessing.channels import MR_USED, SEED_RECIPE_PLAN, ChannelPlan, prepare_case_channels, write_transforms
+    from test.test_process import make_case
+
+    plan = ChannelPlan(SEED_RECIPE_PLAN.recipes, "rigid")
+    model_dir = make_test_model(tmp_path / "model", folds=2, channel_names=[r.name for r in plan.recipes],
+                                spacing_zyx=(6.0, 8.0, 8.0), dataset_extra=plan.dataset_json_keys())
+    model = load_model_folder(model_dir)
+    assert model.channel_plan == plan
+    case_root = make_case(tmp_path / "in", real_ct)
+    ct_path = case_root / "images" / "ct" / "case_a.mha"
+    mr_path = case_root / "images" / "t1-mri" / "case_a_t1.mha"
+    ct = read_scan(ct_path, "CT")
+    built = prepare_case_channels(ct, read_image(mr_path, "T1 MR"), model.channel_plan)
+    assert built.decision.status == MR_USED
+    predictor = Predictor(model, torch.device("cpu"), PredictorOptions(use_mirroring=True, progress=False))
+    ours = predictor.predict(built.arrays, ct.GetSpacing())
+
+    files = [write_image(np.asarray(a), tmp_path / "channels" / f"case_{i:04d}.nii.gz", like=ct)
+             for i, a in enumerate(built.arrays)]
+    reference_indices = nnunet_predict(model_dir, files, tmp_path / "nnunet", folds=(0, 1), use_mirroring=True)
+    lookup = np.asarray(model_to_hanseg_lookup(model.labels), dtype=np.uint8)
+    reference = lookup[reference_indices]
+    used = sorted(set(np.unique(ours)) | set(np.unique(reference)) - {0})
+    assert len(used) >= 5, used
+    dice = per_label_dice(ours, reference, used)
+    print(f"seed recipe, 3 channels: min per-label Dice {min(dice.values()):.4f} over {len(used)} labels")
+    assert min(dice.values()) >= DICE_BAR, dice
+
+    write_transforms(built.decision.stages, tmp_path / "qa", "case_a")  # what process.py writes beside the QA
+    assert not (tmp_path / "qa" / "case_a_ct_to_mr_deformable.tfm").exists()  # rigid model: no B-spline stage
+    transform = sitk.ReadTransform(str(tmp_path / "qa" / "case_a_ct_to_mr_rigid.tfm"))
+    again = sitk.Resample(sitk.Cast(sitk.ReadImage(str(mr_path)), sitk.sitkFloat32), ct, transform, sitk.sitkLinear,
+                          0.0, sitk.sitkFloat32)
+    close = np.isclose(sitk.GetArrayViewFromImage(again), built.arrays[2], atol=1e-3)
+    assert np.count_nonzero(~close) <= 1e-4 * close.size  # all but voxels on the MR field-of-view border

@@ -8,8 +8,10 @@ Input layout (HaN-Seg, Zenodo 7442914; any folder depth)::
 
 Output: see ``training.raw_dataset``. Per case:
 
-* ``_0000`` the CT as read (HU).
-* ``_0001`` the T1 registered onto the CT grid by the SAME code as inference (``preprocessing.registration``);
+* ``_0000`` the CT as read (HU); ``_0001`` the T1 registered onto the CT grid. With ``--channels seed``: ``_0000``
+  the CT soft-tissue window, ``_0001`` the CT bone window, ``_0002`` the T1. Every channel is built by the SAME
+  code as inference (``preprocessing.channels``), and dataset.json declares the recipes and the MR registration
+  (``--mr-registration``) so that inference rebuilds them. For the T1:
   if there is no MR, or the registration is rejected or fails, the channel is all zeros (what the model sees at
   inference without a usable MR, and under modality dropout in training) and this is recorded.
 * the label map, on the CT grid, with the DATASET's consecutive label values (``training.dataset_labels``): the
@@ -53,11 +55,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from contract.labels import HANSEG_LABELS, HANSEG_OAR_NAMES
+from preprocessing.channels import LEGACY_PLAN, REGISTRATION_MODES, SEED_RECIPE_PLAN, ChannelPlan, channel_images
 from training.dataset_labels import dataset_label_table
 from training.hanseg_oar_table import OarTable, find_oar_table, read_oar_table
 from training.label_availability import FILE_NAME as AVAILABILITY_FILE
 from training.label_availability import write_availability
-from training.raw_dataset import dataset_folder_name, write_case, write_dataset_json, write_report
+from training.raw_dataset import dataset_folder_name, write_case_channels, write_dataset_json, write_report
 from training.t1_channel import make_t1_channel
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,10 @@ CT_SUFFIX = "_IMG_CT.nrrd"
 MR_SUFFIX = "_IMG_MR_T1.nrrd"
 OAR_PATTERN = re.compile(r"^(?P<case>.+)_OAR_(?P<name>.+)\.seg\.nrrd$")
 GRID_TOLERANCE = 1e-3
+
+
+CHANNEL_PLANS = {"ct+t1": LEGACY_PLAN, "seed": SEED_RECIPE_PLAN}
+"""``--channels`` choices."""
 
 
 def find_cases(root: Path) -> dict[str, Path]:
@@ -164,8 +171,10 @@ def case_oars(case_id: str, mask_names: list[str], oar_table: OarTable | None) -
 
 
 def convert_case(case_id: str, case_dir: Path, out_dir: Path, table: dict[str, int], test: bool, t1_mode: str,
-                 threads: int | None = None, oars: CaseOars | None = None) -> dict[str, Any]:
-    """Convert one HaN-Seg case; return its conversion record (``oars``: which masks to use; default all)."""
+                 threads: int | None = None, oars: CaseOars | None = None,
+                 plan: ChannelPlan = LEGACY_PLAN) -> dict[str, Any]:
+    """Convert one HaN-Seg case; return its conversion record. ``oars``: which masks to use (default all);
+    ``plan``: the channels to write (and the MR registration to use), built by the inference channel builder."""
     ct = sitk.ReadImage(str(case_dir / f"{case_id}{CT_SUFFIX}"))
     mask_files = find_masks(case_dir, case_id)
     if oars is None:
@@ -185,8 +194,9 @@ def convert_case(case_id: str, case_dir: Path, out_dir: Path, table: dict[str, i
 
     mr_path = case_dir / f"{case_id}{MR_SUFFIX}"
     mr = sitk.ReadImage(str(mr_path), sitk.sitkFloat32) if mr_path.exists() and t1_mode == "registered" else None
-    t1 = make_t1_channel(ct, t1_mode, mr=mr, threads=threads)
-    write_case(out_dir, case_id, ct, t1.image, label, test=test)
+    t1 = make_t1_channel(ct, t1_mode, mr=mr, threads=threads, registration=plan.mr_registration)
+    mr_on_ct = None if t1.filled_with_zeros else t1.image
+    write_case_channels(out_dir, case_id, channel_images(plan, ct, mr_on_ct), label, test=test)
     empty = [n for n, m in masks.items() if not m.any()]
     record = {
         "case": case_id,
@@ -210,10 +220,13 @@ def convert_case(case_id: str, case_dir: Path, out_dir: Path, table: dict[str, i
 
 def convert(src: Path, raw_root: Path, dataset_id: int, name: str = DEFAULT_DATASET_NAME,
             test_cases: list[str] | None = None, t1_mode: str = "registered", workers: int = 1,
-            all_labels: bool = False, oar_table: Path | None = None) -> Path:
+            all_labels: bool = False, oar_table: Path | None = None, plan: ChannelPlan = LEGACY_PLAN) -> Path:
     """Convert every HaN-Seg case under ``src`` into ``raw_root/DatasetXXX_Name``; return that folder.
 
     Args:
+        plan: the input channels and MR registration (:data:`preprocessing.channels.LEGACY_PLAN`: CT + T1, rigid;
+            ``SEED_RECIPE_PLAN``: CT soft window, CT bone window, T1, rigid + B-spline); written to dataset.json
+            so that inference rebuilds the same channels.
         test_cases: case ids written to imagesTs/labelsTs (held out) instead of imagesTr/labelsTr.
         t1_mode: ``registered`` (real MR, inference registration) or ``zeros``.
         all_labels: use all 30 HaN-Seg OARs in dataset.json even if some are absent from every case.
@@ -239,18 +252,19 @@ def convert(src: Path, raw_root: Path, dataset_id: int, name: str = DEFAULT_DATA
     threads = 1 if workers > 1 else None
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(convert_case, c, d, out_dir, table, t, t1_mode, threads, used[c])
+            futures = [pool.submit(convert_case, c, d, out_dir, table, t, t1_mode, threads, used[c], plan)
                        for c, d, t in jobs]
             records = [f.result() for f in futures]
     else:
-        records = [convert_case(c, d, out_dir, table, t, t1_mode, threads, used[c]) for c, d, t in jobs]
+        records = [convert_case(c, d, out_dir, table, t, t1_mode, threads, used[c], plan) for c, d, t in jobs]
     n_train = sum(1 for r in records if r["split"] == "train")
     t1_note = ("T1 = the case's MR registered onto the CT grid by preprocessing.registration (zeros where rejected)"
                if t1_mode == "registered" else "T1 channel is all zeros (placeholder)")
     write_dataset_json(out_dir, table, n_train,
                        description=f"HaN-Seg cases from {src}. {t1_note}. Overlaps: smaller OAR wins. "
                                    "Missing OARs are background; see conversion_report.json.",
-                       extra={"t1_channel": t1_mode, "label_availability": AVAILABILITY_FILE})
+                       extra={"t1_channel": t1_mode, "label_availability": AVAILABILITY_FILE},
+                       channel_keys=plan.dataset_json_keys())
     write_availability(out_dir, table, {r["case"]: r["oars_present"] for r in records if r["split"] == "train"})
     rejected = [r["case"] for r in records if r["t1"]["t1_channel_zeros"]]
     write_report(out_dir, records, {
@@ -279,10 +293,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--all-labels", action="store_true", help="all 30 OARs in dataset.json")
     parser.add_argument("--oar-table", type=Path, help="HaN-Seg's OAR_data.csv (default: found under --src)")
+    parser.add_argument("--channels", choices=sorted(CHANNEL_PLANS), default="ct+t1",
+                        help="input channels: ct+t1 (CT as read + T1), or seed (CT soft window, CT bone window, "
+                             "T1: the best published HaN-Seg recipe)")
+    parser.add_argument("--mr-registration", choices=REGISTRATION_MODES, default=None,
+                        help="MR registration written to dataset.json and used here (default rigid; rigid+bspline adds "
+                             "the B-spline stage, which did not beat rigid on the synthetic protocol yet)")
     args = parser.parse_args(argv)
+    plan = CHANNEL_PLANS[args.channels]
+    if args.mr_registration:
+        plan = ChannelPlan(plan.recipes, args.mr_registration)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     convert(args.src, args.out, args.dataset_id, args.name, args.test_cases, args.t1, args.workers, args.all_labels,
-            args.oar_table)
+            args.oar_table, plan)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ Layout (``nnUNet_raw/DatasetXXX_Name/``)::
     imagesTr/<case>_0001.nii.gz   T1 on the CT grid (float32; zeros where no MR / registration rejected)
     labelsTr/<case>.nii.gz        uint8 label map with the DATASET's consecutive values (see dataset_labels)
     imagesTs/, labelsTs/          held-out cases, same format (not used by nnU-Net training)
-    dataset.json                  channel_names {"0": "CT", "1": "T1"}, labels, numTraining, file_ending,
+    dataset.json                  channel_names {"0": "CT", "1": "T1"} (or the seed recipe's three), channel_recipes
+                                  and mr_registration (how inference must rebuild each channel: preprocessing.channels),
+                                  labels, numTraining, file_ending,
                                   orientation (the code every case is stored in, read back by model.model_folder)
     conversion_report.json        per case: OARs present/missing, overlap voxels, how the T1 channel was made
 
@@ -42,34 +44,47 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 
 def write_case(out_dir: Path, case_id: str, ct: sitk.Image, t1: sitk.Image, label: sitk.Image | None,
                test: bool = False) -> None:
-    """Write one case's two channels (and its label map) into ``imagesTr``/``labelsTr`` (or ``*Ts``).
+    """Write one case's two channels (CT, T1) and its label map (see :func:`write_case_channels`)."""
+    write_case_channels(out_dir, case_id, [ct, sitk.Cast(t1, sitk.sitkFloat32)], label, test=test)
+
+
+def write_case_channels(out_dir: Path, case_id: str, channels: list[sitk.Image], label: sitk.Image | None,
+                        test: bool = False) -> None:
+    """Write one case's channel images (``<case>_000C``, channel order, each in its own pixel type; built by
+    :func:`preprocessing.channels.channel_images`) and its label map into ``imagesTr``/``labelsTr`` (or ``*Ts``).
 
     Raises:
-        ValueError: if the T1 or the label map is not on the CT grid.
+        ValueError: if a channel or the label map is not on the first channel's grid.
     """
-    for what, img in (("T1", t1), ("label", label)):
+    reference = channels[0]
+    for what, img in [(f"channel {i}", c) for i, c in enumerate(channels[1:], 1)] + [("label", label)]:
         if img is None:
             continue
-        if img.GetSize() != ct.GetSize():
-            raise ValueError(f"{case_id}: {what} size {img.GetSize()} != CT size {ct.GetSize()}")
-        img.CopyInformation(ct)  # identical grid by construction; removes float round-off in the header
-    ct, t1 = reorient(ct, DEFAULT_ORIENTATION), reorient(t1, DEFAULT_ORIENTATION)
+        if img.GetSize() != reference.GetSize():
+            raise ValueError(f"{case_id}: {what} size {img.GetSize()} != CT size {reference.GetSize()}")
+        img.CopyInformation(reference)  # identical grid by construction; removes float round-off in the header
+    channels = [reorient(c, DEFAULT_ORIENTATION) for c in channels]
     label = None if label is None else reorient(label, DEFAULT_ORIENTATION)
     images = out_dir / ("imagesTs" if test else "imagesTr")
     labels = out_dir / ("labelsTs" if test else "labelsTr")
     images.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(ct, str(images / f"{case_id}_0000{FILE_ENDING}"), useCompression=True)
-    sitk.WriteImage(sitk.Cast(t1, sitk.sitkFloat32), str(images / f"{case_id}_0001{FILE_ENDING}"), useCompression=True)
+    for i, channel in enumerate(channels):
+        sitk.WriteImage(channel, str(images / f"{case_id}_{i:04d}{FILE_ENDING}"), useCompression=True)
     if label is not None:
         labels.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), str(labels / f"{case_id}{FILE_ENDING}"), useCompression=True)
 
 
 def write_dataset_json(out_dir: Path, labels: dict[str, int], num_training: int, description: str,
-                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write nnU-Net's dataset.json (two channels CT and T1) and return it."""
+                       extra: dict[str, Any] | None = None,
+                       channel_keys: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write nnU-Net's dataset.json and return it. ``channel_keys``: ``channel_names``, ``channel_recipes`` and
+    ``mr_registration`` (:meth:`preprocessing.channels.ChannelPlan.dataset_json_keys`; default the two-channel CT +
+    T1 layout, rigid)."""
+    from preprocessing.channels import LEGACY_PLAN
+
     dataset = {
-        "channel_names": dict(CHANNEL_NAMES),
+        **(channel_keys or LEGACY_PLAN.dataset_json_keys()),
         "labels": dict(labels),
         "numTraining": int(num_training),
         "file_ending": FILE_ENDING,

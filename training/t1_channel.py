@@ -1,7 +1,8 @@
 """The T1 input channel on the CT grid, produced exactly as inference produces it.
 
-Real MR (HaN-Seg): ``preprocessing.registration.register_mr_to_ct`` then ``resample_mr_to_ct`` -- the SAME code the
-inference pipeline runs. If the registration is rejected, the channel is all zeros, which is what the network sees
+Real MR (HaN-Seg): ``preprocessing.channels.mr_on_ct_grid`` (rigid registration, the B-spline stage where the model
+declares ``rigid+bspline``, resampling) -- the SAME builder the inference pipeline runs. If the registration is
+rejected, the channel is all zeros, which is what the network sees
 at inference when the MR is unusable and what modality dropout feeds it during training.
 
 No MR (OpenKBP): a T1-like image is SYNTHESISED from the CT by ``preprocessing.synthetic_t1.make_t1_like`` under a
@@ -75,24 +76,24 @@ def zeros_like_ct(ct: sitk.Image) -> sitk.Image:
     return img
 
 
-def registered_t1(ct: sitk.Image, mr: sitk.Image, threads: int | None = None) -> T1Result:
-    """Register a real MR onto the CT with the inference code and resample it onto the CT grid.
+def registered_t1(ct: sitk.Image, mr: sitk.Image, threads: int | None = None,
+                  registration: str = "rigid") -> T1Result:
+    """Register a real MR onto the CT and resample it onto the CT grid with the inference code
+    (:func:`preprocessing.channels.mr_on_ct_grid`; ``registration``: ``rigid`` or ``rigid+bspline``).
 
     Returns zeros (and ``accepted=False``) if the registration is rejected or raises.
     """
-    from preprocessing import registration  # imported late: written by another engineer, heavy
+    from preprocessing.channels import mr_on_ct_grid  # the one channel builder, shared with inference
 
     try:
-        result = registration.register_mr_to_ct(ct, mr, threads=threads)
+        result = mr_on_ct_grid(ct, mr, registration, threads=threads)
     except Exception as err:  # noqa: BLE001 - any failure means "no usable MR", as at inference
         log.warning("registration raised %s: T1 channel filled with zeros", err)
         return T1Result(zeros_like_ct(ct), "registered", False, reason=f"exception: {err}")
-    metrics = dict(getattr(result, "metrics", {}) or {})
-    if not result.accepted:
+    if result.image is None:
         log.warning("registration rejected (%s): T1 channel filled with zeros", result.reason)
-        return T1Result(zeros_like_ct(ct), "registered", False, reason=str(result.reason), metrics=metrics)
-    image = sitk.Cast(registration.resample_mr_to_ct(mr, ct, result.ct_to_mr), sitk.sitkFloat32)
-    return T1Result(image, "registered", True, reason=str(result.reason), metrics=metrics)
+        return T1Result(zeros_like_ct(ct), "registered", False, reason=result.reason, metrics=result.metrics)
+    return T1Result(result.image, "registered", True, reason="", metrics=result.metrics)
 
 
 def synthetic_mr(ct: sitk.Image, seed: int, max_rotation_deg: float = 10.0, max_translation_mm: float = 20.0,
@@ -123,24 +124,26 @@ def synthetic_mr(ct: sitk.Image, seed: int, max_rotation_deg: float = 10.0, max_
     return synthetic.image, params
 
 
-def synthetic_t1(ct: sitk.Image, seed: int, threads: int | None = None, **ranges: float) -> T1Result:
+def synthetic_t1(ct: sitk.Image, seed: int, threads: int | None = None, registration: str = "rigid",
+                 **ranges: float) -> T1Result:
     """:func:`synthetic_mr` registered back onto the CT grid (``ranges``: its ``max_*`` keyword arguments)."""
     mr, params = synthetic_mr(ct, seed, **ranges)
-    t1 = registered_t1(ct, mr, threads=threads)
+    t1 = registered_t1(ct, mr, threads=threads, registration=registration)
     t1.mode = "synthetic"
     t1.synthetic_params = params
     return t1
 
 
 def make_t1_channel(ct: sitk.Image, mode: str, mr: sitk.Image | None = None, seed: int = 0,
-                    threads: int | None = None) -> T1Result:
-    """Dispatch on ``mode`` (one of :data:`T1_MODES`). ``registered`` without an MR gives zeros."""
+                    threads: int | None = None, registration: str = "rigid") -> T1Result:
+    """Dispatch on ``mode`` (one of :data:`T1_MODES`). ``registered`` without an MR gives zeros.
+    ``registration`` is the model's ``mr_registration`` (``rigid`` or ``rigid+bspline``)."""
     if mode not in T1_MODES:
         raise ValueError(f"unknown T1 mode {mode!r}; expected one of {T1_MODES}")
     if mode == "zeros":
         return T1Result(zeros_like_ct(ct), "zeros", None, reason="placeholder: T1 channel written as zeros")
     if mode == "synthetic":
-        return synthetic_t1(ct, seed=seed, threads=threads)
+        return synthetic_t1(ct, seed=seed, threads=threads, registration=registration)
     if mr is None:
         return T1Result(zeros_like_ct(ct), "registered", False, reason="no MR file for this case")
-    return registered_t1(ct, mr, threads=threads)
+    return registered_t1(ct, mr, threads=threads, registration=registration)

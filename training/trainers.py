@@ -9,8 +9,10 @@ None of these trainers changes network construction: the network is rebuilt from
 Trainers
 --------
 ``nnUNetTrainerModalityDropout``
-    nnU-Net's default recipe plus modality dropout: each training sample's T1 channel (channel 1) is replaced by zeros
-    with probability ``p_drop_mr``, otherwise its CT channel (channel 0) with probability ``p_drop_ct`` (never both).
+    nnU-Net's default recipe plus modality dropout: each training sample's T1-derived channels (channel 1, or every
+    ``"source": "T1"`` channel of dataset.json's ``channel_recipes``) are replaced by zeros together with probability
+    ``p_drop_mr``, otherwise its CT-derived channels (channel 0, or every ``"source": "CT"`` one: e.g. the soft and
+    bone windows) with probability ``p_drop_ct`` (never both).
     Zeros are what the network sees at inference for an unusable MR: the T1 channel is then written as zeros, and
     nnU-Net's z-score of an all-zero image is all zeros. Channels are in the (already normalised) batch tensor of
     shape (B, C, [Z,] Y, X).
@@ -84,15 +86,18 @@ class nnUNetTrainerModalityDropout(nnUNetTrainer):
             self.print_to_log_file(f"CPU training with {threads} torch thread(s) (HANSEG_TORCH_THREADS)")
 
     def apply_modality_dropout(self, data: torch.Tensor) -> torch.Tensor:
-        """Zero whole channels per sample, in place. ``data``: (B, C, *spatial), normalised."""
-        if data.shape[1] <= max(self.ct_channel, self.mr_channel):
+        """Zero whole channel GROUPS per sample, in place: every MR-derived channel together, else every CT-derived
+        one (``dropout_channel_groups``; channel 0 = CT, 1 = T1 without recipes). ``data``: (B, C, *spatial)."""
+        ct, mr = dropout_channel_groups(getattr(self, "dataset_json", None), data.shape[1], (self.ct_channel,),
+                                        (self.mr_channel,))
+        if not ct or not mr:
             return data
         for b in range(data.shape[0]):
             r = self._dropout_rng.random()
             if r < self.p_drop_mr:
-                data[b, self.mr_channel] = 0
+                data[b, list(mr)] = 0
             elif r < self.p_drop_mr + self.p_drop_ct:
-                data[b, self.ct_channel] = 0
+                data[b, list(ct)] = 0
         return data
 
     def train_step(self, batch: dict) -> dict:
@@ -420,3 +425,18 @@ class nnUNetTrainerNoMirroring_smoke(nnUNetTrainerNoMirroring):
         self.num_iterations_per_epoch = 3
         self.num_val_iterations_per_epoch = 1
         self.save_every = 1
+
+
+def dropout_channel_groups(dataset_json: dict, n_channels: int, default_ct: tuple[int, ...] = (0,),
+                           default_mr: tuple[int, ...] = (1,)) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(CT-derived, MR-derived) channel indices for modality dropout, from dataset.json's ``channel_recipes``
+    (``{"0": {"source": "CT", ...}, "2": {"source": "T1"}}``, written by the converters through
+    ``preprocessing.channels``); without recipes the defaults (channel 0 CT, channel 1 T1). Indices >= n_channels
+    are dropped. (This module may import nothing from the project, hence the direct read of the key.)"""
+    recipes = (dataset_json or {}).get("channel_recipes")
+    if recipes:
+        ct = tuple(sorted(int(i) for i, r in recipes.items() if r.get("source") == "CT"))
+        mr = tuple(sorted(int(i) for i, r in recipes.items() if r.get("source") == "T1"))
+    else:
+        ct, mr = default_ct, default_mr
+    return tuple(i for i in ct if i < n_channels), tuple(i for i in mr if i < n_channels)

@@ -1,0 +1,143 @@
+"""Channel recipes (preprocessing.channels): parsing dataset.json, building channels, the dropout fill, and ONE
+builder for the training converter and inference (same arrays for the same case)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from contract.errors import ModelFolderError
+from contract.imageio import read_image, read_scan
+from devkit.make_test_model import make_test_model
+from preprocessing.channels import (
+    LEGACY_PLAN,
+    MR_DROPOUT_FILL,
+    SEED_RECIPE_PLAN,
+    ChannelPlan,
+    channel_arrays,
+    parse_channel_plan,
+)
+from preprocessing.synthetic_t1 import make_t1_like
+from test.conftest import openkbp_ct_path
+from test.test_process import run_process
+
+SEED_KEYS = SEED_RECIPE_PLAN.dataset_json_keys()
+
+
+def test_seed_recipe_round_trips_through_dataset_json():
+    plan = parse_channel_plan(json.loads(json.dumps(SEED_KEYS)))
+    assert plan == SEED_RECIPE_PLAN
+    assert plan.ct_channels == (0, 1) and plan.mr_channels == (2,) and plan.mr_registration == "rigid"
+    assert parse_channel_plan({**SEED_KEYS, "mr_registration": "rigid+bspline"}).mr_registration == "rigid+bspline"
+    assert plan.recipes[0].clip_hu == (-160.0, 240.0) and plan.recipes[1].clip_hu == (-800.0, 2200.0)
+
+
+def test_channels_without_recipes_keep_the_two_channel_meaning():
+    plan = parse_channel_plan({"channel_names": {"0": "CT", "1": "T1"}})
+    assert plan == LEGACY_PLAN and plan.mr_registration == "rigid"
+    assert parse_channel_plan({"channel_names": {"0": "CT"}}).uses_mr is False
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ({"channel_names": {"0": "CT", "1": "PET"}}, "channel 1 'PET': unknown channel name"),
+    ({"channel_names": {"0": "T1"}}, "no CT-derived channel"),
+    ({"channel_names": {"0": "CT", "1": "T1"}, "mr_registration": "affine"}, "'mr_registration' is 'affine'"),
+    ({"channel_names": {"0": "a", "1": "b"}, "channel_recipes": {"0": {"source": "CT"}}}, "one recipe per channel"),
+    ({"channel_names": {"0": "a"}, "channel_recipes": {"0": {"source": "PET"}}}, "source 'PET'"),
+    ({"channel_names": {"0": "a"}, "channel_recipes": {"0": {"source": "CT", "window": {"level": 40}}}},
+     "window must be"),
+    ({"channel_names": {"0": "a"}, "channel_recipes": {"0": {"source": "CT", "window": {"level": 0, "width": 0}}}},
+     "width must be > 0"),
+    ({"channel_names": {"0": "CT", "1": "t"}, "channel_recipes": {"0": {"source": "CT"},
+                                                                  "1": {"source": "T1", "window": {}}}},
+     "a window applies to the CT only"),
+])
+def test_bad_declarations_are_model_folder_errors_naming_the_file(dataset, message):
+    with pytest.raises(ModelFolderError, match="dataset.json") as err:
+        parse_channel_plan(dataset, Path("/models/m/dataset.json"))
+    assert message in str(err.value)
+
+
+def test_unknown_channel_name_exits_4_naming_dataset_json(tmp_path, real_ct):
+    model = make_test_model(tmp_path / "model", folds=1, channel_names=("CT", "PET"), spacing_zyx=(6.0, 8.0, 8.0))
+    (tmp_path / "in" / "images" / "ct").mkdir(parents=True)
+    sitk.WriteImage(real_ct, str(tmp_path / "in" / "images" / "ct" / "c.mha"))
+    proc = run_process("--input", tmp_path / "in", "--output", tmp_path / "out", "--model", model)
+    assert proc.returncode == 4, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(model / "dataset.json") in last and "'PET'" in last, last
+    assert not (tmp_path / "out" / "images").exists()
+
+
+def test_ct_windows_are_clipped_hu_and_missing_mr_fills_every_mr_channel():
+    ct = sitk.GetImageFromArray(np.array([[[-1000, -160, 0, 240, 3000]]], dtype=np.int16))
+    plan = ChannelPlan(SEED_RECIPE_PLAN.recipes + (SEED_RECIPE_PLAN.recipes[2],))  # two T1-derived channels
+    soft, bone, t1a, t1b = channel_arrays(plan, ct, None)
+    assert soft.dtype == np.float32 and soft.ravel().tolist() == [-160, -160, 0, 240, 240]
+    assert bone.ravel().tolist() == [-800, -160, 0, 240, 2200]
+    for t1 in (t1a, t1b):
+        assert t1.shape == soft.shape and np.all(t1 == MR_DROPOUT_FILL)
+
+
+def test_prepare_channels_without_mr_gives_the_dropout_fill(real_ct):
+    from preprocessing.channels import MR_ABSENT, prepare_case_channels
+
+    built = prepare_case_channels(real_ct, None, SEED_RECIPE_PLAN)
+    assert built.decision.status == MR_ABSENT and built.decision.stages == [] and built.mr_on_ct is None
+    assert np.all(built.arrays[2] == MR_DROPOUT_FILL)
+    hu = sitk.GetArrayViewFromImage(real_ct)
+    assert np.array_equal(built.arrays[1], np.clip(hu, -800, 2200).astype(np.float32))
+
+
+def test_converter_and_inference_build_identical_channels(tmp_path):
+    """One HaN-Seg-layout case (real OpenKBP CT, T1-like MR in its own frame): the converter's channel files and
+    inference's in-memory channels are the same arrays, for the seed recipe's three channels (rigid stage)."""
+    from preprocessing.channels import MR_USED, prepare_case_channels
+    from training.convert_hanseg import convert
+
+    ct = sitk.ReadImage(str(openkbp_ct_path("pt_4")))
+    mr = make_t1_like(ct, rotation_deg=(3.0, -2.0, 4.0), translation_mm=(12.0, -20.0, 8.0),
+                      spacing_mm=(1.8, 1.8, 3.0), seed=1).image
+    case = tmp_path / "src" / "case_01"
+    case.mkdir(parents=True)
+    sitk.WriteImage(ct, str(case / "case_01_IMG_CT.nrrd"))
+    sitk.WriteImage(mr, str(case / "case_01_IMG_MR_T1.nrrd"))
+    plan = ChannelPlan(SEED_RECIPE_PLAN.recipes, "rigid")
+    out = convert(tmp_path / "src", tmp_path / "raw", 990, "Same", plan=plan)
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert parse_channel_plan(dataset) == plan  # the converter declares what it built
+    written = [sitk.GetArrayFromImage(sitk.ReadImage(str(out / "imagesTr" / f"case_01_{i:04d}.nii.gz")))
+               for i in range(3)]
+
+    inference = prepare_case_channels(read_scan(case / "case_01_IMG_CT.nrrd", "CT"),
+                                      read_image(case / "case_01_IMG_MR_T1.nrrd", "T1 MR"), plan)
+    assert inference.decision.status == MR_USED
+    for i, (a, b) in enumerate(zip(written, inference.arrays)):
+        assert a.dtype == b.dtype and np.array_equal(a, b), f"channel {i} differs"
+    assert np.count_nonzero(written[2]) > 0.05 * written[2].size  # the T1 (head only) is there, not the fill
+
+
+def test_trainer_drops_channel_groups_together():
+    trainers = pytest.importorskip("training.trainers", reason="nnunetv2 is installed for training/tests only")
+    torch = pytest.importorskip("torch")
+
+    class Rng:
+        def __init__(self, values):
+            self.values = list(values)
+
+        def random(self):
+            return self.values.pop(0)
+
+    fake = SimpleNamespace(dataset_json=SEED_KEYS, ct_channel=0, mr_channel=1, p_drop_mr=0.3, p_drop_ct=0.05,
+                           _dropout_rng=Rng([0.1, 0.32, 0.9]))
+    data = torch.ones(3, 3, 2, 2, 2)
+    out = trainers.nnUNetTrainerModalityDropout.apply_modality_dropout(fake, data)
+    assert out[0, 2].abs().sum() == 0 and out[0, :2].abs().sum() > 0  # MR group dropped, both CT windows kept
+    assert out[1, :2].abs().sum() == 0 and out[1, 2].abs().sum() > 0  # CT group (soft AND bone) dropped
+    assert out[2].abs().sum() == out[2].numel()  # nothing dropped
+    assert trainers.dropout_channel_groups({}, 2) == ((0,), (1,))  # two-channel datasets as before
