@@ -53,7 +53,8 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from contract.errors import ModelFolderError
-from model.model_folder import CHECKPOINT_NAME, FOLD_PATTERN, ModelFolder, _load_checkpoint, _parse_configuration
+from model.checkpoint_loading import load_checkpoint
+from model.model_folder import CHECKPOINT_NAME, FOLD_PATTERN, ModelFolder, _parse_configuration
 from model.network import build_network
 from model.sliding_window import compute_steps
 
@@ -260,7 +261,7 @@ def model_from_plans(path: Path, configuration: str | None = None) -> tuple[Mode
     fold_dirs = sorted(p for p in path.iterdir() if FOLD_PATTERN.match(p.name) and (p / CHECKPOINT_NAME).is_file())
     axes: tuple[int, ...] | None = None
     if fold_dirs and configuration is None:
-        checkpoint = _load_checkpoint(fold_dirs[0] / CHECKPOINT_NAME)
+        checkpoint = load_checkpoint(fold_dirs[0] / CHECKPOINT_NAME)  # safe load: data only
         configuration = checkpoint.get("init_args", {}).get("configuration")
         raw_axes = checkpoint.get("inference_allowed_mirroring_axes")
         axes = () if raw_axes is None else tuple(int(a) for a in raw_axes)
