@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from contract.errors import ModelFolderError
 from preprocessing.geometry import index_to_physical
+from preprocessing.registration import largest_component
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def head_neck_box(ct: sitk.Image, s: CropSettings = CropSettings()) -> tuple[sli
     factors = [max(1, int(round(s.mask_spacing_mm / sp))) for sp in ct.GetSpacing()]
     coarse = sitk.BinShrink(ct, factors) if any(f > 1 for f in factors) else ct
     arr = sitk.GetArrayViewFromImage(coarse)
-    body = _largest(arr > s.body_hu)
-    bone = _largest(body & (arr > s.bone_hu))
+    body = largest_component(arr > s.body_hu)
+    bone = largest_component(body & (arr > s.bone_hu))
     if not bone.any():
         log.warning("head-and-neck crop: no bone found, the whole CT is used")
         return full
@@ -110,10 +110,3 @@ def uncrop_labels(labels: np.ndarray, box: tuple[slice, slice, slice], shape: tu
     return out
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(mask)
-    if n <= 1:
-        return mask.astype(bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from preprocessing.geometry import index_to_physical
+
 log = logging.getLogger(__name__)
 
 BODY_HU = -400.0
@@ -38,11 +40,7 @@ BAND_MM = 10.0
 
 def physical_points(image: sitk.Image, index_zyx: np.ndarray) -> np.ndarray:
     """Physical LPS coordinates (mm, shape (N, 3), columns x, y, z) of numpy indices ``index_zyx`` (N, 3: z, y, x)."""
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
-    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
-    ijk = index_zyx[:, ::-1].astype(np.float64)  # -> x, y, z index order
-    return origin + (ijk * spacing) @ direction.T
+    return index_to_physical(image, index_zyx[:, ::-1].astype(np.float64))
 
 
 def _coarse(ct: sitk.Image) -> sitk.Image:

@@ -393,7 +393,7 @@ class _BodyMask:
         padded = np.pad(binary, [(r, r) for r in radius], mode="edge")
         closed = ndimage.binary_closing(padded, structure=_ellipsoid(radius))
         binary = closed[tuple(slice(r, r + n) for r, n in zip(radius, binary.shape))]
-        binary = _largest_component(binary)
+        binary = largest_component(binary)
         if binary.sum() == 0:
             raise _Rejected(f"no body found in the {role}")
         binary = _fill_axial_holes(binary, coarse)
@@ -643,7 +643,8 @@ def _ellipsoid(radius: list[int]) -> np.ndarray:
     return sum((g / r) ** 2 for g, r in zip(grids, radius)) <= 1.0
 
 
-def _largest_component(binary: np.ndarray) -> np.ndarray:
+def largest_component(binary: np.ndarray) -> np.ndarray:
+    """The largest connected component of a binary array (the array itself, as bool, if it has at most one)."""
     labels, n = ndimage.label(binary)
     if n <= 1:
         return binary.astype(bool)
