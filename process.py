@@ -89,7 +89,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--record", type=Path, metavar="DIR",
                         help=f"write each case's run record (JSON) and CT->MR transform here (default: "
                         f"${ENV_RECORD_DIR}; never inside the platform output folder)")
-    parser.add_argument("--threads", help="CPU threads (default: $HANSEG_THREADS, else all available cores)")
+    parser.add_argument("--threads", help="CPU threads (default: $HANSEG_THREADS, else the usable cores that no "
+                        "other process is busy on, measured at start)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--fast", action="store_true",
                         help="fast CPU mode: bf16 where the CPU has it, mirroring over one axis (model/fast.py)")

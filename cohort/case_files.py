@@ -23,14 +23,20 @@ log = logging.getLogger("process")
 
 
 def apply_threads(threads: int | None) -> int:
-    """Set torch's CPU threads once for the whole run: ``threads``, else every core this process may use."""
+    """Set torch's CPU threads once for the whole run: ``threads``, else the usable cores that no other process
+    is busy on at start-up (:func:`model.cpu_threads.default_threads`)."""
     import torch
 
-    from model.predictor import available_cpu_threads
+    from model.cpu_threads import default_threads
 
-    n = threads or available_cpu_threads()
+    if threads:
+        n = threads
+        log.info("CPU threads: %d (as asked)", n)
+    else:
+        choice = default_threads()
+        n = choice.threads
+        log.info("CPU threads: %s", choice.describe())
     torch.set_num_threads(n)
-    log.info("CPU threads: %d", n)
     return n
 
 

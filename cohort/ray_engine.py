@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -36,6 +35,7 @@ from cohort.outcome import (
 )
 from contract.errors import ModelFolderError
 from contract.inputs import CaseInputs
+from model.cpu_threads import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,4 @@ def _first_line(err: BaseException) -> str:
 
 
 def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    return usable_cores()

@@ -124,6 +124,18 @@ def check_lr_split(lr_split: Mapping[str, Sequence[str]]) -> dict[str, tuple[str
     return out
 
 
+def output_oar_values(model_labels: Mapping[str, int],
+                      lr_split: Mapping[str, Sequence[str]] | None = None) -> dict[str, int]:
+    """The HaN-Seg OARs a model's output map holds after the left/right split: name -> HaN-Seg value."""
+    merged = check_lr_split(lr_split or {})
+    out: dict[str, int] = {}
+    for name in model_labels:
+        for oar in merged.get(name, (name,)):
+            if oar in HANSEG_LABELS:
+                out[oar] = HANSEG_LABELS[oar]
+    return out
+
+
 def lateral_splits(model_labels: Mapping[str, int],
                    lr_split: Mapping[str, Sequence[str]] | None) -> list[tuple[int, int]]:
     """HaN-Seg (left value, right value) of each merged label the model predicts: what the pipeline must split."""

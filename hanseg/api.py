@@ -30,6 +30,7 @@ from contract.imageio import validate_scan
 from contract.labels import MAX_LABEL
 from hanseg.settings import Settings
 from preprocessing.channels import MrDecision, prepare_case_channels
+from preprocessing.components import keep_largest_components
 from preprocessing.head_neck_crop import crop_image, head_neck_box, uncrop_labels
 from preprocessing.laterality import split_left_right
 from preprocessing.orientation import labels_to_original_orientation, orientation_of, reorient
@@ -201,10 +202,15 @@ def segment(ct: sitk.Image, mr: sitk.Image | None = None, model: Model | str | P
     if box is not None:
         labels = uncrop_labels(labels, box, sitk.GetArrayViewFromImage(oriented).shape)
     labels = split_left_right(labels, oriented, predictor.lateral_splits)  # merged L/R labels of lr_split models
+    kept_largest = predictor.model.largest_component  # post-processing declared by the model folder
+    labels, removed = keep_largest_components(labels, kept_largest.values())
     image = to_label_image(labels_to_original_orientation(labels, oriented, ct), ct)
     timings["total"] = time.perf_counter() - started
     volumes = oar_volumes_ml(labels, ct.GetSpacing())
     record = build_record(case_id, model, decision, report, timings, volumes)
+    names = {v: n for n, v in kept_largest.items()}
+    record["largest_component"] = {"oars": list(kept_largest), "removed_voxels": {names[v]: n for v, n in
+                                                                                 removed.items()}}
     log.info("case %s segmented in %.1f s: %d OARs labelled", case_id, timings["total"], len(volumes))
     record["few_oars_warning"] = warn_if_few_oars(case_id, len(volumes), predictor.model.num_classes - 1)
     return Result(labels=image, record=record, mr=decision,

@@ -62,7 +62,8 @@ class Settings:
         input_root, output_root: the command line's roots.
         qa_dir: where QA pictures, volumes and run records go (None: not written).
         record_dir: where run records and transforms go on request (None: only with ``qa_dir``).
-        threads: CPU threads (>= 1), None = every core this process may use.
+        threads: CPU threads (>= 1), None = the usable cores no other process is busy on at start-up
+            (``model.cpu_threads.default_threads``).
         progress: show progress bars.
         trust_model: unpickle checkpoints without restriction (``--trust-model``; model/checkpoint_loading.py).
     """

@@ -6,6 +6,7 @@ A model folder (``<Dataset>/<Trainer>__<Plans>__<configuration>/`` as nnU-Net wr
     dataset.json                    channel_names (input channels) and labels (name -> value); optional
                                     "channel_recipes" / "mr_registration" (how each channel is made:
                                     preprocessing.channels), "head_neck_crop" (preprocessing.head_neck_crop),
+                                    "largest_component" (OARs post-processed by preprocessing.components),
                                     "orientation": the training images' orientation code (this project's
                                     addition, preprocessing.orientation; default "LPS", the identity direction)
     fold_N/checkpoint_final.pth     per fold: network_weights, init_args.configuration, trainer_name,
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from contract.errors import ModelFolderError
+from contract.labels import output_oar_values
 from model.checkpoint_loading import load_checkpoint
 from preprocessing.channels import ChannelPlan, parse_channel_plan
 from preprocessing.head_neck_crop import CropSettings, parse_crop
@@ -138,6 +140,25 @@ class ModelFolder:
             return check_orientation_code(self.dataset.get("orientation", DEFAULT_ORIENTATION))
         except ValueError as err:
             raise ModelFolderError(self.path / "dataset.json", str(err)) from None
+
+    @property
+    def largest_component(self) -> dict[str, int]:
+        """``dataset.json['largest_component']``: the output OARs (HaN-Seg names, after the left/right split) whose
+        map keeps only its largest connected component (:mod:`preprocessing.components`; determined on
+        cross-validation by ``training.determine_postprocessing``), name -> HaN-Seg value; empty if absent."""
+        names = self.dataset.get("largest_component", [])
+        where = self.path / "dataset.json"
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ModelFolderError(where, "largest_component must be a list of OAR names")
+        try:
+            outputs = output_oar_values(self.labels, self.lr_split)
+        except ValueError as err:
+            raise ModelFolderError(where, str(err)) from None
+        unknown = [n for n in names if n not in outputs]
+        if unknown:
+            raise ModelFolderError(where, f"largest_component names {unknown}, which the model does not output "
+                                          f"(it outputs {sorted(outputs)})")
+        return {n: outputs[n] for n in names}
 
     @property
     def channel_plan(self) -> ChannelPlan:
@@ -404,6 +425,7 @@ def load_model_folder(path: str | Path, folds: list[str] | None = None, trust_mo
     model.channel_plan  # noqa: B018 - raises early on an unknown channel or recipe, or no CT channel
     model.head_neck_crop  # noqa: B018 - raises early on a malformed crop declaration
     model.orientation  # noqa: B018 - raises early on an invalid orientation code
+    model.largest_component  # noqa: B018 - raises early on a post-processing list naming OARs it lacks
     log.info(
         "model %s: %s, configuration %s, folds %s, channels %s, %d classes, mirror axes %s, orientation %s",
         path, trainer_name, configuration_name, list(folds), list(model.channel_names), model.num_classes,

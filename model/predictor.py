@@ -8,7 +8,6 @@ Then export: back to the CT grid, argmax, model labels mapped to HaN-Seg values 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -72,14 +71,6 @@ class PredictionReport:
     mirror_axes: list[int] = field(default_factory=list)
     tile_step: float = 0.0
     given_up: list[str] = field(default_factory=list)
-
-
-def available_cpu_threads() -> int:
-    """CPU cores this process may use (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class Predictor:

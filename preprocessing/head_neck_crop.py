@@ -25,8 +25,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from contract.errors import ModelFolderError
+from preprocessing.components import largest_component
 from preprocessing.geometry import index_to_physical
-from preprocessing.registration import largest_component
 
 log = logging.getLogger(__name__)
 

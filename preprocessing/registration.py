@@ -46,6 +46,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from preprocessing.components import largest_component
 from preprocessing.geometry import apply_matrix as _apply_matrix
 from preprocessing.geometry import index_to_physical as _index_to_physical
 from preprocessing.geometry import physical_to_continuous_index as _physical_to_continuous_index
@@ -641,16 +642,6 @@ def _otsu(arr: np.ndarray, bins: int = 128) -> float:
 def _ellipsoid(radius: list[int]) -> np.ndarray:
     grids = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
     return sum((g / r) ** 2 for g, r in zip(grids, radius)) <= 1.0
-
-
-def largest_component(binary: np.ndarray) -> np.ndarray:
-    """The largest connected component of a binary array (the array itself, as bool, if it has at most one)."""
-    labels, n = ndimage.label(binary)
-    if n <= 1:
-        return binary.astype(bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
 
 
 def _fill_axial_holes(binary: np.ndarray, image: sitk.Image) -> np.ndarray:
