@@ -40,7 +40,7 @@ from pathlib import Path
 from cohort.case_files import apply_threads, build_predictor, first_case_deadline, run_case
 from cohort.job import DatasetOptions, EngineSettings
 from cohort.shard import parse_shard
-from contract.errors import InputError, ModelFolderError, OutputError
+from contract.errors import EXIT_INPUT, EXIT_OK, InputError, ModelFolderError, OutputError, error_line, exit_code
 from contract.inputs import OUTPUT_FOLDER, CaseInputs, find_folder_case, is_dataset_root
 from contract.output_state import (
     Interrupted,
@@ -53,7 +53,6 @@ from hanseg.settings import ENV_RECORD_DIR, Settings, SettingsError
 
 log = logging.getLogger("process")
 
-EXIT_OK, EXIT_UNEXPECTED, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 2, 3, 4
 RunOptions = Settings
 """The options of a run are the one settings object (:class:`hanseg.settings.Settings`)."""
 
@@ -327,15 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset = dataset_options_from_args(args)
         apply_threads(options.threads)
         return run(options.input_root, options.output_root, options, dataset, args.dicom)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_INPUT
-    except OutputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_OUTPUT
-    except ModelFolderError as err:
-        print(f"error: model folder: {err}", file=sys.stderr)
-        return EXIT_MODEL
+    except (InputError, OutputError, ModelFolderError) as err:
+        print(error_line(err, name_model_folder=True), file=sys.stderr)
+        return exit_code(err)
     except ValueError as err:  # a usage error (SettingsError names the flag or variable; --device cuda without CUDA)
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INPUT

@@ -122,10 +122,10 @@ def make_dataset_json(label_names: Sequence[str], channel_names: Sequence[str] =
 
 def build_random_network(plans: dict, dataset: dict, configuration: str, seed: int) -> torch.nn.Module:
     """Instantiate the plans' network with seeded random weights (through this project's own builder)."""
-    from model.model_folder import _parse_configuration
+    from model.model_folder import parse_configuration
     from model.network import locate
 
-    config = _parse_configuration(plans, configuration, Path("plans.json"), len(dataset["channel_names"]))
+    config = parse_configuration(plans, configuration, Path("plans.json"), len(dataset["channel_names"]))
     kwargs = dict(config.arch_kwargs)
     for key in config.arch_kwargs_requiring_import:
         if kwargs.get(key) is not None:

@@ -30,7 +30,7 @@ import numpy as np
 from scipy import stats
 
 from contract.labels import HANSEG_OAR_NAMES
-from evaluation.evaluate import STATUS_OK, OarResult, _csv_text, _json_value, write_text_atomic
+from evaluation.evaluate import STATUS_OK, OarResult, csv_text, json_value, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,8 @@ def write_comparison(
         "tests": [asdict(t) for t in tests],
     }
     files = {
-        "comparison.json": json.dumps(_json_value(payload), indent=1, allow_nan=False) + "\n",
-        "comparison.csv": _csv_text(fields, ([getattr(t, f) for f in fields] for t in tests)),
+        "comparison.json": json.dumps(json_value(payload), indent=1, allow_nan=False) + "\n",
+        "comparison.csv": csv_text(fields, ([getattr(t, f) for f in fields] for t in tests)),
         "comparison.txt": format_comparison(tests, name_a, name_b, alpha) + "\n",
     }
     paths = []

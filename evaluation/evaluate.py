@@ -300,15 +300,17 @@ def format_table(summary: dict[str, Any], n_cases: int, tolerance_mm: float, cas
     return "\n".join(lines)
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
+    """``value`` made strict-JSON-safe, recursively: non-finite floats as ``"inf"`` / ``"-inf"`` / ``None`` (NaN),
+    tuples as lists, numpy scalars as Python numbers."""
     if isinstance(value, float) and not math.isfinite(value):
         return "inf" if value > 0 else ("-inf" if value < 0 else None)
     if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items()}
+        return {k: json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
+        return [json_value(v) for v in value]
     if isinstance(value, np.generic):
-        return _json_value(value.item())
+        return json_value(value.item())
     return value
 
 
@@ -325,7 +327,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""), what="evaluation output")
 
 
-def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A CSV document (``\n`` line ends): ``header``, then ``rows`` with None as an empty cell, floats to 6
+    significant digits and infinity as ``inf``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -391,15 +395,15 @@ def write_outputs(evaluation: Evaluation, out_dir: Path) -> list[Path]:
         ])
     table = format_table(evaluation.summary, len(evaluation.cases), evaluation.tolerance_mm, evaluation.cases)
     outputs = {
-        "metrics_per_case.csv": _csv_text(CSV_COLUMNS, ([getattr(r, c) for c in CSV_COLUMNS] for r in rows)),
-        "metrics_per_case.json": json.dumps(_json_value(per_case), indent=1, allow_nan=False) + "\n",
-        "summary.csv": _csv_text(
+        "metrics_per_case.csv": csv_text(CSV_COLUMNS, ([getattr(r, c) for c in CSV_COLUMNS] for r in rows)),
+        "metrics_per_case.json": json.dumps(json_value(per_case), indent=1, allow_nan=False) + "\n",
+        "summary.csv": csv_text(
             ("oar", "label", "n", "n_missing_gt", "n_empty_prediction", "dsc_mean", "dsc_sd", "dsc_median",
              "hd95_mean_mm", "hd95_sd_mm", "hd95_median_raw_mm", "surface_dice_mean", "surface_dice_sd",
              "surface_dice_median"),
             summary_rows,
         ),
-        "summary.json": json.dumps(_json_value(summary), indent=1, allow_nan=False) + "\n",
+        "summary.json": json.dumps(json_value(summary), indent=1, allow_nan=False) + "\n",
         "summary.txt": table + "\n",
     }
     paths = []

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from model.preprocess import PreprocessedCase
-from preprocessing.resampling import _nearest_indices, linear_weights, separate_z_axis
+from preprocessing.resampling import linear_weights, nearest_indices, separate_z_axis
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ POINTS_PER_BATCH = 256 * 1024
 
 
 @dataclass(frozen=True)
-class _AxisMap:
+class AxisMap:
     """For each output index along one axis: lower/upper source index and the float32 weight of the upper one."""
 
     lower: np.ndarray
@@ -44,15 +44,17 @@ class _AxisMap:
     weight: np.ndarray
 
     @staticmethod
-    def build(old_size: int, new_size: int, mode: str) -> _AxisMap:
+    def build(old_size: int, new_size: int, mode: str) -> AxisMap:
+        """The map from ``old_size`` source to ``new_size`` output indices for ``mode`` ``"none"`` (same size),
+        ``"nearest"`` or linear (any other value)."""
         if mode == "none":
             idx = np.arange(new_size)
-            return _AxisMap(idx, idx, np.zeros(new_size, dtype=np.float32))
+            return AxisMap(idx, idx, np.zeros(new_size, dtype=np.float32))
         if mode == "nearest":
-            idx = _nearest_indices(old_size, new_size)
-            return _AxisMap(idx, idx, np.zeros(new_size, dtype=np.float32))
+            idx = nearest_indices(old_size, new_size)
+            return AxisMap(idx, idx, np.zeros(new_size, dtype=np.float32))
         lower, upper, weight = linear_weights(old_size, new_size)
-        return _AxisMap(lower, upper, weight.astype(np.float32))
+        return AxisMap(lower, upper, weight.astype(np.float32))
 
 
 def _cell_uniform(coarse: torch.Tensor, linear_axes: Sequence[int]) -> torch.Tensor:
@@ -98,7 +100,7 @@ def logits_to_labels(
     else:
         sep_axis = separate_z_axis(current_spacing, target_spacing, force_separate_z)
         modes = ["nearest" if a == sep_axis else "linear" for a in range(len(target_shape))]
-    maps = [_AxisMap.build(o, n, m) for o, n, m in zip(source_shape, target_shape, modes)]
+    maps = [AxisMap.build(o, n, m) for o, n, m in zip(source_shape, target_shape, modes)]
     if on_device:
         return dense_labels(logits, maps).cpu().numpy().astype(dtype, copy=False)
     logits = logits.cpu()
@@ -127,7 +129,7 @@ def chunked_argmax(logits: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _resample_dense(volume: torch.Tensor, maps: Sequence[_AxisMap]) -> torch.Tensor:
+def _resample_dense(volume: torch.Tensor, maps: Sequence[AxisMap]) -> torch.Tensor:
     """One class ``volume`` (spatial, float32) resampled to the output grid: the separable float32 lerps of
     :func:`_interpolate_points` (axes 1..n-1 first, then axis 0), for every output voxel."""
     ndim = len(maps)
@@ -146,7 +148,7 @@ def _resample_dense(volume: torch.Tensor, maps: Sequence[_AxisMap]) -> torch.Ten
     return volume
 
 
-def dense_labels(logits: torch.Tensor, maps: Sequence[_AxisMap]) -> torch.Tensor:
+def dense_labels(logits: torch.Tensor, maps: Sequence[AxisMap]) -> torch.Tensor:
     """Argmax of every class resampled densely on ``logits``' device (the GPU export), class by class with a
     running fp16 maximum (first maximal class wins ties, as ``argmax``). Output ``uint8`` (``int16`` for > 256
     classes) on that device."""
@@ -167,7 +169,7 @@ def dense_labels(logits: torch.Tensor, maps: Sequence[_AxisMap]) -> torch.Tensor
     return best
 
 
-def _gather_cells(volume: torch.Tensor, maps: Sequence[_AxisMap], start: int, stop: int) -> torch.Tensor:
+def gather_cells(volume: torch.Tensor, maps: Sequence[AxisMap], start: int, stop: int) -> torch.Tensor:
     """``volume`` (spatial) sampled at each output voxel's cell origin (lower index per axis) for rows
     ``start:stop``: separable gathers, one axis at a time."""
     out = volume.index_select(0, torch.from_numpy(maps[0].lower[start:stop]))
@@ -177,10 +179,10 @@ def _gather_cells(volume: torch.Tensor, maps: Sequence[_AxisMap], start: int, st
 
 
 def _fill_rows(out: np.ndarray, logits: torch.Tensor, coarse: torch.Tensor, uniform: torch.Tensor,
-               maps: Sequence[_AxisMap], start: int, stop: int) -> int:
+               maps: Sequence[AxisMap], start: int, stop: int) -> int:
     """Write output rows ``start:stop``; returns the number of voxels that needed interpolation."""
-    labels = _gather_cells(coarse, maps, start, stop)
-    mixed = ~_gather_cells(uniform, maps, start, stop)
+    labels = gather_cells(coarse, maps, start, stop)
+    mixed = ~gather_cells(uniform, maps, start, stop)
     positions = mixed.nonzero()  # (N, ndim), row index relative to start
     if len(positions):
         positions[:, 0] += start
@@ -194,7 +196,7 @@ def _fill_rows(out: np.ndarray, logits: torch.Tensor, coarse: torch.Tensor, unif
     return len(positions)
 
 
-def _interpolate_points(logits: torch.Tensor, maps: Sequence[_AxisMap], positions: torch.Tensor) -> torch.Tensor:
+def _interpolate_points(logits: torch.Tensor, maps: Sequence[AxisMap], positions: torch.Tensor) -> torch.Tensor:
     """``(K, N)`` float32 interpolated logits at output voxels ``positions`` (N, ndim).
 
     Same arithmetic as resampling axis by axis (axes 1..n-1 first, then axis 0), each step a float32

@@ -54,7 +54,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from contract.errors import ModelFolderError
 from model.checkpoint_loading import load_checkpoint
-from model.model_folder import CHECKPOINT_NAME, FOLD_PATTERN, ModelFolder, _parse_configuration
+from model.model_folder import CHECKPOINT_NAME, FOLD_PATTERN, ModelFolder, parse_configuration
 from model.network import build_network
 from model.sliding_window import compute_steps
 
@@ -266,7 +266,7 @@ def model_from_plans(path: Path, configuration: str | None = None) -> tuple[Mode
         raw_axes = checkpoint.get("inference_allowed_mirroring_axes")
         axes = () if raw_axes is None else tuple(int(a) for a in raw_axes)
     configuration = configuration or "3d_fullres"
-    config = _parse_configuration(plans, configuration, path / "plans.json", len(dataset["channel_names"]))
+    config = parse_configuration(plans, configuration, path / "plans.json", len(dataset["channel_names"]))
     if axes is None:
         axes = tuple(range(len(config.patch_size)))
     model = ModelFolder(path=path, plans=plans, dataset=dataset, configuration=config, folds=(), trainer_name="",

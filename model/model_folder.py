@@ -287,7 +287,9 @@ def resolve_configuration(plans: dict[str, Any], name: str, plans_path: Path) ->
     return config
 
 
-def _parse_configuration(plans: dict[str, Any], name: str, plans_path: Path, n_channels: int) -> Configuration:
+def parse_configuration(plans: dict[str, Any], name: str, plans_path: Path, n_channels: int) -> Configuration:
+    """The plans configuration ``name`` (``inherits_from`` resolved) as a checked :class:`Configuration` for a model
+    of ``n_channels`` input channels; a malformed entry is a :class:`ModelFolderError` naming ``plans_path``."""
     raw = resolve_configuration(plans, name, plans_path)
     try:
         arch = raw["architecture"]
@@ -411,7 +413,7 @@ def load_model_folder(path: str | Path, folds: list[str] | None = None, trust_mo
             raise ModelFolderError(ckpt_path, f"configuration {fold_configuration!r} differs from fold 0's")
         loaded.append(Fold(name=name, path=ckpt_path, weights=weights))
 
-    configuration = _parse_configuration(plans, configuration_name, path / "plans.json", len(dataset["channel_names"]))
+    configuration = parse_configuration(plans, configuration_name, path / "plans.json", len(dataset["channel_names"]))
     check_plans_geometry(plans, configuration, mirror_axes, path / "plans.json")
     model = ModelFolder(
         path=path,

@@ -329,9 +329,9 @@ def estimate_export_seconds(case: PreprocessedCase, num_classes: int) -> float:
     plane = int(np.prod(shape[1:]))
     rows = max(1, min(shape[0], export.CHUNK_VOXELS // max(plane, 1)))
     probe = torch.zeros(case.data.shape[1:], dtype=torch.int16)
-    maps = [export._AxisMap.build(o, n, "nearest") for o, n in zip(probe.shape, shape)]
+    maps = [export.AxisMap.build(o, n, "nearest") for o, n in zip(probe.shape, shape)]
     start = time.perf_counter()
-    export._gather_cells(probe, maps, 0, rows)
+    export.gather_cells(probe, maps, 0, rows)
     per_row = (time.perf_counter() - start) / rows
     return per_row * shape[0] * EXPORT_SAFETY_FACTOR * max(1.0, num_classes / 8)
 

@@ -78,7 +78,7 @@ def _zoom_clipped(array: np.ndarray, new_shape: Sequence[int], order: int,
     return out
 
 
-def _nearest_indices(old_size: int, new_size: int) -> np.ndarray:
+def nearest_indices(old_size: int, new_size: int) -> np.ndarray:
     """Source index per output index for nearest resampling with half-voxel alignment (align_corners=False)."""
     scale = old_size / new_size
     coords = scale * (np.arange(new_size) + 0.5) - 0.5
@@ -109,7 +109,7 @@ def resample_data(
         channel = data[c] if data.dtype == np.float32 else data[c].astype(float, copy=False)
         if axis is not None:  # separate z: the other axes plane by plane, then nearest neighbour along it
             planes = _zoom_planes(channel, axis, new_shape, order)
-            out[c] = np.moveaxis(planes[_nearest_indices(channel.shape[axis], new_shape[axis])], 0, axis)
+            out[c] = np.moveaxis(planes[nearest_indices(channel.shape[axis], new_shape[axis])], 0, axis)
             continue
         kept = [a for a in range(channel.ndim) if channel.shape[a] == new_shape[a]]
         if kept and order > 0:  # an axis that keeps its size: plane by plane along it, the 3-D clip range
@@ -140,7 +140,7 @@ def resample_axis(tensor: torch.Tensor, dim: int, new_size: int, mode: str = "li
     if old_size == new_size:
         return tensor
     if mode == "nearest":
-        index = torch.from_numpy(_nearest_indices(old_size, new_size)).to(tensor.device)
+        index = torch.from_numpy(nearest_indices(old_size, new_size)).to(tensor.device)
         return tensor.index_select(dim, index)
     if mode != "linear":
         raise ValueError(f"unknown mode {mode!r}")

@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,12 @@ def mean_of_oar_means(summary: dict[str, Any], labels: list[str]) -> float | Non
     return float(np.mean(values)) if values else None
 
 
+def table_row(cells: Sequence[str], baseline_cells: Sequence[str] = ()) -> str:
+    """One row of the model-card table: ``cells`` then ``baseline_cells`` (the baseline's columns; none without a
+    baseline), each as ``| cell``; an empty cell is ``| |``."""
+    return "|" + "".join(f" {c} |" if c else " |" for c in (*cells, *baseline_cells))
+
+
 def heldout_markdown(results: dict[str, Any], labels: list[str], baseline: dict[str, Any] | None = None,
                      baseline_name: str = "previous model") -> str:
     """The model-card table: Dice and HD95 (mean over the cases that have the OAR) per OAR, with and without T1;
@@ -180,27 +187,20 @@ def heldout_markdown(results: dict[str, Any], labels: list[str], baseline: dict[
         f"| OAR | n | Dice with T1 | Dice without T1 | HD95 mm with T1 | HD95 mm without T1 |{base_cols}",
         "|---|---|---|---|---|---|" + ("---|---|" if baseline else ""),
     ]
+    bw, bwo = (baseline["with_t1"]["summary"], baseline["without_t1"]["summary"]) if baseline else ({}, {})
     for name in labels:
         a, b = w["per_oar"][name], wo["per_oar"][name]
-        row = (f"| {name} | {a['n']} | {cell(a, 'dsc', 3)} | {cell(b, 'dsc', 3)} | {cell(a, 'hd95_mm', 1)} | "
-               f"{cell(b, 'hd95_mm', 1)} |")
-        if baseline:
-            bw = baseline["with_t1"]["summary"]["per_oar"][name]
-            bwo = baseline["without_t1"]["summary"]["per_oar"][name]
-            row += f" {cell(bw, 'dsc', 3)} | {cell(bwo, 'dsc', 3)} |"
-        lines.append(row)
-    row = (f"| **mean of the per-OAR means** | | **{num(mean_of_oar_means(w, labels))}** | "
-           f"**{num(mean_of_oar_means(wo, labels))}** | | |")
-    if baseline:
-        row += (f" {num(mean_of_oar_means(baseline['with_t1']['summary'], labels))} | "
-                f"{num(mean_of_oar_means(baseline['without_t1']['summary'], labels))} |")
-    lines.append(row)
-    row = (f"| mean (all OAR x case pairs) | | {cell(w['all'], 'dsc', 3)} | {cell(wo['all'], 'dsc', 3)} | "
-           f"{cell(w['all'], 'hd95_mm', 1)} | {cell(wo['all'], 'hd95_mm', 1)} |")
-    if baseline:
-        row += (f" {cell(baseline['with_t1']['summary']['all'], 'dsc', 3)} | "
-                f"{cell(baseline['without_t1']['summary']['all'], 'dsc', 3)} |")
-    lines.append(row)
+        lines.append(table_row(
+            [name, f"{a['n']}", cell(a, "dsc", 3), cell(b, "dsc", 3), cell(a, "hd95_mm", 1), cell(b, "hd95_mm", 1)],
+            [cell(bw["per_oar"][name], "dsc", 3), cell(bwo["per_oar"][name], "dsc", 3)] if baseline else []))
+    lines.append(table_row(
+        ["**mean of the per-OAR means**", "", f"**{num(mean_of_oar_means(w, labels))}**",
+         f"**{num(mean_of_oar_means(wo, labels))}**", "", ""],
+        [num(mean_of_oar_means(bw, labels)), num(mean_of_oar_means(bwo, labels))] if baseline else []))
+    lines.append(table_row(
+        ["mean (all OAR x case pairs)", "", cell(w["all"], "dsc", 3), cell(wo["all"], "dsc", 3),
+         cell(w["all"], "hd95_mm", 1), cell(wo["all"], "hd95_mm", 1)],
+        [cell(bw["all"], "dsc", 3), cell(bwo["all"], "dsc", 3)] if baseline else []))
     lines.append("")
     lines.append(f"Wall time per case of process.py (2 shared CPU cores; registration included with T1): "
                  f"{results['with_t1']['seconds_per_case']} s with T1, {results['without_t1']['seconds_per_case']} s "

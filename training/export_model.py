@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from contract.errors import ModelFolderError, OutputError
+from contract.errors import EXIT_OK, ModelFolderError, OutputError, error_line, exit_code
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,6 @@ KEEP_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_
 REQUIRED_KEYS = ("network_weights", "init_args", "trainer_name")
 FALLBACK_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 DEFAULT_MAX_MB = 60.0
-EXIT_OK, EXIT_BUG, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 3, 4
 
 
 def _jsonable(obj: Any) -> Any:
@@ -280,12 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         export(args.run, args.folds, args.out, args.allow_unfinished, args.max_mb, args.train_command, args.hardware)
-    except ModelFolderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_MODEL
-    except OutputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_OUTPUT
+    except (ModelFolderError, OutputError) as err:
+        print(error_line(err), file=sys.stderr)
+        return exit_code(err)
     return EXIT_OK
 
 

@@ -25,11 +25,8 @@
 #   WORK           work_dirs (nnUNet_raw/_preprocessed/_results under it unless already exported)
 #   PYTHON         .venv/bin/python
 set -euo pipefail
-cd "$(dirname "$0")/.."
-REPO=$PWD
-PYTHON=${PYTHON:-$REPO/.venv/bin/python}
-BIN=$(dirname "$PYTHON")
-WORK=${WORK:-$REPO/work_dirs}
+# shellcheck source=training/recipe_env.sh
+source "$(dirname "$0")/recipe_env.sh" hanseg_recipe  # cd to the repository; REPO PYTHON BIN WORK PYTHONPATH log
 SMOKE=${SMOKE:-0}
 if [ "$SMOKE" = 1 ]; then
   SRC=${SRC:-$WORK/hanseg_sample/set_1}; TEST_CASES=${TEST_CASES:-case_04}
@@ -51,10 +48,9 @@ if [ -n "${TARGET_SPACING:-}" ]; then
 fi
 export nnUNet_raw=${nnUNet_raw:-$WORK/nnUNet_raw} nnUNet_preprocessed=${nnUNet_preprocessed:-$WORK/nnUNet_preprocessed}
 export nnUNet_results=${nnUNet_results:-$WORK/nnUNet_results}
-export nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-$NP} PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+export nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-$NP}
 DS=$(printf "Dataset%03d_%s" "$DATASET_ID" "$DATASET_NAME")
 RUN=$nnUNet_results/$DS/${TRAINER}__${PLANS}__$CONFIG
-log() { echo "$(date -u +%FT%TZ) hanseg_recipe: $*"; }
 
 # 0. smoke data (HaN-Seg layout from the shared OpenKBP CTs)
 if [ "$SMOKE" = 1 ] && [ ! -f "$SRC/OAR_data.csv" ]; then

@@ -17,11 +17,8 @@
 # and run the held-out evaluation when all folds are finished), DRY_RUN=1 (only print the
 # training commands; the data steps still run if their outputs are missing).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-REPO=$PWD
-PYTHON=${PYTHON:-$REPO/.venv/bin/python}
-BIN=$(dirname "$PYTHON")
-WORK=${WORK:-$REPO/work_dirs}
+# shellcheck source=training/recipe_env.sh
+source "$(dirname "$0")/recipe_env.sh" run_shipped_model  # cd to the repository; REPO PYTHON BIN WORK PYTHONPATH log
 DATASET_ID=${DATASET_ID:-502}
 DATASET_NAME=${DATASET_NAME:-OpenKBPHaNPartial}
 CONVERT_ARGS=${CONVERT_ARGS:-"--merge-lr"}
@@ -33,10 +30,8 @@ NICE=${NICE:-10}
 
 export nnUNet_raw=$WORK/nnUNet_raw nnUNet_preprocessed=$WORK/nnUNet_preprocessed nnUNet_results=$WORK/nnUNet_results
 export nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-1} HANSEG_TORCH_THREADS=${HANSEG_TORCH_THREADS:-1}
-export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$WORK/logs"
 DS=$(printf "Dataset%03d_%s" "$DATASET_ID" "$DATASET_NAME")
-log() { echo "$(date -u +%FT%TZ) run_shipped_model: $*"; }
 
 # 1. raw dataset (CT + synthetic T1 registered back; ~2-6 s per case; both shared OpenKBP folders)
 if [ ! -f "$nnUNet_raw/$DS/dataset.json" ]; then
