@@ -23,7 +23,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from benchmarks.nnunet_comparison import OPENKBP, REPO, RunResult, per_label_dice, run_child, write_case
+from benchmarks.nnunet_comparison import REPO, RunResult, per_label_dice, run_child, write_case
+from devkit.data import openkbp_case
 
 log = logging.getLogger("benchmarks.fast_mode")
 
@@ -47,7 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = args.workdir or Path(tmp)
         results: dict[str, dict[str, list[RunResult]]] = {}
         for case in args.cases:
-            ct = sitk.Cast(sitk.ReadImage(str(OPENKBP / case / "ct.nii.gz")), sitk.sitkInt16)
+            folder = openkbp_case(case)
+            if folder is None:
+                parser.error(f"OpenKBP case {case} not found (shared full or partial folders, or bundled)")
+            ct = sitk.Cast(sitk.ReadImage(str(folder / "ct.nii.gz")), sitk.sitkInt16)
             files = write_case(ct, workdir / "inputs" / case)
             results[case] = {"ours": [], "fast": []}
             for rep in range(args.repeats):

@@ -33,9 +33,15 @@ def openkbp_cases_dir() -> Path:
     return shared_openkbp_cases() if shared_present() else BUNDLED_OPENKBP
 
 
+def shared_partial_openkbp_cases() -> Path:
+    """``<shared>/data/openkbp_hn_ct_partial/cases``: cases with some of the 7 OARs (may not exist)."""
+    return shared_data_dir() / "openkbp_hn_ct_partial" / "cases"
+
+
 def openkbp_case(case: str) -> Path | None:
-    """Folder of one OpenKBP case (``ct.nii.gz``, ``oar_labels.nii.gz``), shared or bundled; None if neither."""
-    for root in (shared_openkbp_cases(), BUNDLED_OPENKBP):
+    """Folder of one OpenKBP case (``ct.nii.gz``, ``oar_labels.nii.gz``): shared (full or partial) or bundled;
+    None if none has it."""
+    for root in (shared_openkbp_cases(), shared_partial_openkbp_cases(), BUNDLED_OPENKBP):
         if (root / case / "ct.nii.gz").is_file():
             return root / case
     return None
