@@ -202,6 +202,11 @@ Curve (iterations = epochs x 100; minutes are wall time on the shared machine, b
 
 {curve_markdown(curves, every=5)}
 
+## Post-processing (largest connected component per OAR; dataset.json `largest_component`)
+<!-- postprocessing:begin -->
+{POSTPROCESSING_PLACEHOLDER}
+<!-- postprocessing:end -->
+
 ## Held-out evaluation ({notes['heldout_short']}; Dice and HD95 per OAR, with and without the T1 channel)
 {heldout}
 
@@ -213,12 +218,27 @@ Curve (iterations = epochs x 100; minutes are wall time on the shared machine, b
     return card
 
 
+def fill_section(out: Path, name: str, markdown: str) -> None:
+    """Replace the section between ``<!-- {name}:begin -->`` and ``<!-- {name}:end -->`` of ``out/README.md``.
+
+    Raises:
+        ValueError: if the card lacks the markers.
+    """
+    card = out / "README.md"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = card.read_text()
+    if begin not in text or end not in text:
+        raise ValueError(f"{card} has no {name} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    card.write_text(f"{head}{begin}\n{markdown.strip()}\n{end}{tail}")
+
+
 def fill_heldout(out: Path, markdown: str) -> None:
     """Replace the held-out section of ``out/README.md`` with ``markdown``."""
-    card = out / "README.md"
-    text = card.read_text()
-    if HELDOUT_BEGIN not in text or HELDOUT_END not in text:
-        raise ValueError(f"{card} has no held-out markers")
-    head, rest = text.split(HELDOUT_BEGIN, 1)
-    _, tail = rest.split(HELDOUT_END, 1)
-    card.write_text(f"{head}{HELDOUT_BEGIN}\n{markdown.strip()}\n{HELDOUT_END}{tail}")
+    fill_section(out, "heldout", markdown)
+
+
+POSTPROCESSING_SECTION = "postprocessing"
+POSTPROCESSING_PLACEHOLDER = ("Not determined: `python -m training.determine_postprocessing --model weights --write` "
+                              "decides it on cross-validation cases.")
