@@ -48,6 +48,7 @@ from contract.output_state import (
     check_output_not_in_input,
     check_single_image_folder,
     install_signal_handlers,
+    remove_stale_partials,
 )
 from hanseg.settings import ENV_RECORD_DIR, Settings, SettingsError
 
@@ -193,6 +194,7 @@ def run(input_root: Path, output_root: Path, options: Settings, dataset: Dataset
     output_path = output_root / OUTPUT_FOLDER / f"{case.case_id}.mha"
     check_output_name(output_path)
     check_single_image_folder(output_path.parent, output_path.name)
+    remove_stale_partials(output_path.parent)  # the platform's output folder: no other writer
     run_case_outputs(case, output_path, build_predictor(options), options, dicom, output_root,
                      first_case_deadline(options))
     return EXIT_OK

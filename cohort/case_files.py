@@ -83,11 +83,12 @@ def run_case(case: CaseInputs, output_path: Path, model, options: Settings,  # n
 
 def prepare_output(output_path: Path) -> None:
     """Before inference (issue 13): the output name fits the file system; a previous result of the same name and
-    stale ``.partial`` files of an interrupted run (SIGKILL) are removed, so a failed run leaves no stale result."""
+    this output's stale ``.partial`` files of an interrupted run (SIGKILL) are removed, so a failed run leaves no
+    stale result (other cases' temporary files may belong to concurrent workers: left alone)."""
     from contract.output_state import check_output_name, remove_stale_partials
 
     check_output_name(output_path)
-    remove_stale_partials(output_path.parent)
+    remove_stale_partials(output_path.parent, output_path.name)
     if output_path.is_file() or output_path.is_symlink():
         log.info("removing the previous result %s", output_path)
         try:

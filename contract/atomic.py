@@ -15,10 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from contract.errors import OutputError
-from contract.output_state import PARTIAL_MARK, file_mode
-
-TEMP_NAME_CHARS = 100
-"""At most this much of the output name goes into the temporary file's name."""
+from contract.output_state import PARTIAL_MARK, file_mode, partial_prefix
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +41,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], object], what: str = 
     suffix = "".join(path.suffixes) or ""
     try:
         # the name is cut so that a long output name still leaves room for the temporary one (issue 13)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name[:TEMP_NAME_CHARS]}.", suffix=f"{PARTIAL_MARK}{suffix}",
+        fd, tmp_name = tempfile.mkstemp(prefix=partial_prefix(path.name), suffix=f"{PARTIAL_MARK}{suffix}",
                                         dir=path.parent)
     except OSError as err:
         raise OutputError(path.parent, f"cannot write {what}: output folder is not writable "

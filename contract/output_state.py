@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 
 PARTIAL_MARK = ".partial"
 """Temporary output files (contract.atomic) are hidden and carry this mark: ``.<name>.<random>.partial<ext>``."""
+TEMP_NAME_CHARS = 100
+"""At most this much of the output name goes into its temporary file's name."""
+
+
+def partial_prefix(output_name: str) -> str:
+    """The start of every temporary file's name written for the output file ``output_name``."""
+    return f".{output_name[:TEMP_NAME_CHARS]}."
 DEFAULT_NAME_MAX = 255
 
 
@@ -70,12 +77,17 @@ def check_output_name(path: Path) -> None:
                                 "CT file name")
 
 
-def remove_stale_partials(folder: Path) -> list[Path]:
-    """Remove temporary files an earlier, killed run left in ``folder`` (only this writer's names)."""
+def remove_stale_partials(folder: Path, output_name: str | None = None) -> list[Path]:
+    """Remove temporary files that an earlier, killed run left in ``folder``: those of the output ``output_name``,
+    or every one (``None``: a folder this run alone writes, such as the platform's single-image output folder).
+
+    In dataset mode only the case's own: other workers (Ray actors, shards) write other cases into the same folder
+    at the same time, and their temporary files are live."""
     removed = []
+    prefix = "." if output_name is None else partial_prefix(output_name)
     if folder.is_dir():
         for entry in folder.iterdir():
-            if is_partial(entry) and entry.is_file():
+            if is_partial(entry) and entry.name.startswith(prefix) and entry.is_file():
                 entry.unlink(missing_ok=True)
                 removed.append(entry)
     if removed:

@@ -154,3 +154,17 @@ def test_empty_hanseg_output_dir_is_refused(real_ct, small_model, tmp_path, cli)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: HANSEG_OUTPUT_DIR is set but empty")
     assert sorted(REPO.iterdir()) == before
+
+
+def test_a_case_removes_only_its_own_stale_temporary_files(tmp_path):
+    """Dataset mode: Ray actors and shards write other cases into the same folder at the same time; one case's
+    clean-up must not delete another case's live temporary file (it did: 'cannot write output image')."""
+    from cohort.case_files import prepare_output
+    from contract.output_state import partial_prefix
+
+    own = tmp_path / f"{partial_prefix('case_a.mha')}x1.partial.mha"
+    other = tmp_path / f"{partial_prefix('case_b.mha')}x2.partial.mha"
+    for p in (own, other):
+        p.write_bytes(b"partial")
+    prepare_output(tmp_path / "case_a.mha")
+    assert not own.exists() and other.exists()
