@@ -144,12 +144,15 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _predict(ct: sitk.Image, tmp_path: Path, name: str, *extra: str) -> np.ndarray:
-    """Run process.py with the shipped model on ``ct`` (CT only), check the output geometry, return the labels."""
+    """Run process.py with the shipped model on ``ct`` (CT only; one fold, no test-time mirroring: orientation
+    handling is the same for every fold and pass, at a quarter of the time), check the output geometry, return the
+    labels."""
     from test.test_process import assert_contract_output, make_case, run_process
 
     root = make_case(tmp_path / f"in_{name}", ct, with_mr=False)
     out = tmp_path / f"out_{name}"
-    result = run_process("--input", root, "--output", out, "--model", REPO / "weights", *extra,
+    result = run_process("--input", root, "--output", out, "--model", REPO / "weights", "--folds", "0", "--no-tta",
+                         *extra,
                          env={"HANSEG_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     return assert_contract_output(out, ct)
