@@ -123,11 +123,14 @@ def child_main(args: argparse.Namespace) -> int:
         fold_ids = folds or tuple(p.name.split("_", 1)[1] for p in sorted(Path(args.model).glob("fold_*")))
         fold_ids = tuple(int(f) if f.isdigit() else f for f in fold_ids)
         from contract.labels import model_to_hanseg_lookup
-        from model.model_folder import _load_json
+        from model.model_folder import load_json
 
         indices = nnunet_predict(Path(args.model), files, out / "nnunet", folds=fold_ids,
                                  use_mirroring=not args.no_tta, sequential=False)
-        lookup = model_to_hanseg_lookup(_load_json(Path(args.model) / "dataset.json")["labels"])
+        dataset = load_json(Path(args.model) / "dataset.json")
+        # merged L/R labels (lr_split) map to their left member, as our predictor holds them before the split:
+        # both predictors are compared on the merged labels, before the pipeline's split and post-processing
+        lookup = model_to_hanseg_lookup(dataset["labels"], dataset.get("lr_split"))
         labels = np.asarray(lookup, dtype=np.uint8)[indices]
     else:
         import torch

@@ -191,7 +191,8 @@ MIN_MODEL_SPACING_MM = 0.05
 MAX_MODEL_SPACING_MM = 50.0
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def load_json(path: Path) -> dict[str, Any]:
+    """A model folder's plans.json / dataset.json as a dict (size-capped; errors are ModelFolderError naming it)."""
     if not path.is_file():
         raise ModelFolderError(path, "missing (not an nnU-Net v2 model folder?)")
     try:
@@ -379,8 +380,8 @@ def load_model_folder(path: str | Path, folds: list[str] | None = None, trust_mo
     path = Path(path)
     if not path.is_dir():
         raise ModelFolderError(path, "model folder does not exist")
-    plans = _load_json(path / "plans.json")
-    dataset = _load_json(path / "dataset.json")
+    plans = load_json(path / "plans.json")
+    dataset = load_json(path / "dataset.json")
     if "channel_names" not in dataset and "modality" in dataset:
         dataset["channel_names"] = dataset["modality"]
     for key in ("channel_names", "labels"):
