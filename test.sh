@@ -2,7 +2,7 @@
 # Run the algorithm image on one case the way grand-challenge.org runs it, then check the output on the host.
 #
 #   ./test.sh [--image hanseg-oar:latest] [--input sample/input] [--model DIR] [--output DIR] [--memory 16g]
-#             [--read-only]
+#             [--read-only] [--expect-oars-of DIR] [--process-arg ARG ...] [--expect-log TEXT]
 #
 #   --input DIR    a case folder laid out like the platform's /input (images/ct/*, images/t1-mri/*, optional
 #                  inputs.json); mounted read-only. Default: the bundled sample case, sample/input.
@@ -16,6 +16,11 @@
 #                  also require every OAR that the model folder DIR names (dataset.json labels, merged L/R labels
 #                  as both sides) in the output, and each left/right pair on the patient's own side (LPS: the
 #                  left organ's centroid at larger x). For a run of a TRAINED model (e.g. the baked-in weights/).
+#   --process-arg ARG
+#                  pass ARG to process.py inside the container (repeatable; e.g. --process-arg --fast).
+#   --expect-log TEXT
+#                  also require TEXT in the container's log (e.g. "from the compiled cache": --fast used the
+#                  OpenVINO models compiled at build time, not a conversion at run time).
 #
 # Checks: exit code 0, exactly one file in /output/images/head_neck_oar/, .mha, uint8, the CT's exact size,
 # spacing, origin and direction, labels within 0..30. Exits non-zero with a message on any failure.
@@ -34,7 +39,9 @@ model=""
 output="work_dirs/container-test/output"
 memory="16g"
 extra_run_args=()
+process_args=()
 expect_oars_of=""
+expect_log=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --image) image="$2"; shift 2 ;;
@@ -44,6 +51,8 @@ while [[ $# -gt 0 ]]; do
         --memory) memory="$2"; shift 2 ;;
         --read-only) extra_run_args+=(--read-only); shift ;;
         --expect-oars-of) expect_oars_of="$(cd "$2" && pwd)"; shift 2 ;;
+        --process-arg) process_args+=("$2"); shift 2 ;;
+        --expect-log) expect_log="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option '$1'" ;;
     esac
@@ -97,14 +106,19 @@ docker run --name "$name" \
     "${extra_run_args[@]}" \
     "${mounts[@]}" \
     -v "$output:/output" \
-    "$image"
+    "$image" "${process_args[@]}"
 status=$?
 set -e
 elapsed=$((SECONDS - start))
 oom=$(docker inspect -f '{{.State.OOMKilled}}' "$name" 2>/dev/null || echo unknown)
+log_found=1
+if [[ -n "$expect_log" ]]; then
+    docker logs "$name" 2>&1 | grep -qF -- "$expect_log" || log_found=0
+fi
 docker rm -f "$name" >/dev/null 2>&1 || true
 [[ "$oom" != true ]] || die "the container ran out of memory (limit $memory) after ${elapsed} s (exit $status)"
 [[ $status -eq 0 ]] || die "the container exited with status $status after ${elapsed} s (its stderr is above)"
+[[ $log_found -eq 1 ]] || die "the container's log does not contain '$expect_log'"
 echo "test.sh: container finished in ${elapsed} s"
 
 "$python" - "$input" "$output" "$expect_oars_of" "$root" <<'PY'

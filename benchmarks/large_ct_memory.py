@@ -9,6 +9,7 @@ kernel kills it if it goes over (exit -9), which the report states.
 
     python -m benchmarks.large_ct_memory [--model weights] [--limit-gb 8] [--size 1024 1024 300]
     python -m benchmarks.large_ct_memory --hanseg-plan --limit-gb 16 --size 1024 1024 200 -- --no-tta
+    python -m benchmarks.large_ct_memory --hanseg-plan --variant --limit-gb 16 --size 1024 1024 200
 
 ``--hanseg-plan``: instead of ``--model``, a 31-class random-weight model folder with a 3d_fullres-sized plan
 (0.56 x 0.56 x 2 mm, patch 40 x 224 x 192, tiny features; ``benchmarks.gpu_check.HANSEG_PLAN``), the CT made at
@@ -37,6 +38,9 @@ from benchmarks.nnunet_comparison import OPENKBP, REPO, hanseg_sized_ct
 log = logging.getLogger("benchmarks.large_ct_memory")
 LARGE_SIZE_XYZ = (1024, 1024, 300)
 LARGE_SPACING_XYZ = (0.56, 0.56, 1.0)
+VARIANT_PLAN = {"spacing_zyx": (2.0, 1.0, 1.0), "patch_size": (64, 160, 160), "features": (4, 8, 16, 32)}
+"""The platform-fit recipe variant's geometry (``benchmarks.hanseg_plans --target-spacing 1 1 2``: spacing and patch
+from nnU-Net's planner), with tiny features: the memory is in the logits, not in the network."""
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 CGROUP_V2 = Path("/sys/fs/cgroup/unified")
 
@@ -108,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep inputs/outputs here (default: a temporary folder)")
     parser.add_argument("--hanseg-plan", action="store_true",
                         help="31-class random model with a 3d_fullres-sized plan instead of --model")
+    parser.add_argument("--variant", action="store_true",
+                        help="with --hanseg-plan: the documented platform-fit variant instead of nnU-Net's default "
+                             "plan (1 x 1 x 2 mm, patch 64 x 160 x 160, 5 folds, no mirroring; training/README.md)")
     parser.add_argument("extra", nargs="*", help="extra process.py arguments (after --)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -118,8 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from benchmarks.gpu_check import HANSEG_PLAN
             from devkit.make_test_model import make_test_model
 
-            args.model = make_test_model(workdir / "model_31", folds=2, mirror_axes=(2,), **HANSEG_PLAN)
-            spacing = tuple(reversed(HANSEG_PLAN["spacing_zyx"]))
+            if args.variant:
+                args.model = make_test_model(workdir / "model_31", folds=5, mirror_axes=None, **VARIANT_PLAN)
+            else:
+                args.model = make_test_model(workdir / "model_31", folds=2, mirror_axes=(2,), **HANSEG_PLAN)
+            spacing = tuple(reversed(HANSEG_PLAN["spacing_zyx"]))  # the CT at HaN-Seg's native 0.56 x 0.56 x 2 mm
         root = make_input(workdir / "input", size_xyz=args.size, spacing_xyz=spacing)
         code, seconds, peak, last = run_process(root, workdir / "output", args.model, args.limit_gb, args.extra)
         written = list((workdir / "output").rglob("*.mha"))

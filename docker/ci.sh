@@ -149,6 +149,11 @@ if compgen -G "sample/input/images/ct/*" >/dev/null && [[ -f weights/plans.json 
     ./test.sh --image "$image" --input sample/input --output "$work/output-shipped" --read-only \
         --expect-oars-of weights
     log "shipped model run: $((SECONDS - t_shipped)) s"
+    t_fast=$SECONDS
+    log "the same with --fast: the OpenVINO models compiled at build time, no network, read-only root"
+    ./test.sh --image "$image" --input sample/input --output "$work/output-fast" --read-only \
+        --expect-oars-of weights --process-arg --fast --expect-log "from the compiled cache"
+    log "shipped model --fast run: $((SECONDS - t_fast)) s"
 else
     die "no sample/input case or no weights/plans.json: the shipped model cannot be checked"
 fi
