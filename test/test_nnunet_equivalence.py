@@ -60,8 +60,7 @@ def _compare(model_dir: Path, files: tuple[Path, Path], tmp_path: Path, mirrorin
 @pytest.mark.slow
 @pytest.mark.parametrize("mirroring", [False, True], ids=["no-mirroring", "mirroring"])
 def test_3d_model_matches_nnunet(case_files, tmp_path, mirroring):
-    # a coarse grid (~80 x 83 x 83 voxels, ~36 tiles): 8 mirrored passes x 2 folds x 2 predictors stay in CI's time
-    model_dir = make_test_model(tmp_path / "model", folds=2, spacing_zyx=(4.0, 6.0, 6.0), patch_size=(32, 48, 48))
+    model_dir = make_test_model(tmp_path / "model", folds=2, spacing_zyx=(3.0, 4.0, 4.0), patch_size=(32, 48, 48))
     dice = _compare(model_dir, case_files, tmp_path, mirroring)
     assert min(dice.values()) >= DICE_BAR, dice
 
