@@ -54,8 +54,11 @@ def cgroup_quota_cores(cpu_max: Path = CGROUP_CPU_MAX) -> float | None:
 
 def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     """Cores this process may use: the affinity set, capped by a CPU quota (rounded up)."""
+    return _usable(cgroup_quota_cores(cpu_max))
+
+
+def _usable(quota: float | None) -> int:
     cores = len(affinity_cores())
-    quota = cgroup_quota_cores(cpu_max)
     return max(1, min(cores, math.ceil(quota))) if quota is not None else max(1, cores)
 
 
@@ -102,7 +105,7 @@ def busy_cores(cpus: list[int], window_s: float = 0.2, proc_stat: Path = PROC_ST
 
 @dataclass(frozen=True)
 class ThreadChoice:
-    """The default thread count and what it was derived from (for the log and the run record)."""
+    """The default thread count and what it was derived from (for the log)."""
 
     threads: int
     usable: int
@@ -116,8 +119,9 @@ class ThreadChoice:
 
 def default_threads(window_s: float = 0.2, proc_stat: Path = PROC_STAT, cpu_max: Path = CGROUP_CPU_MAX) -> ThreadChoice:
     """The thread count of a run that was not given one: usable cores minus those busy elsewhere (>= 1)."""
-    usable = usable_cores(cpu_max)
-    if cgroup_quota_cores(cpu_max) is not None:  # the quota is this container's own share: no one else's load
+    quota = cgroup_quota_cores(cpu_max)
+    usable = _usable(quota)
+    if quota is not None:  # the quota is this container's own share: no one else's load
         return ThreadChoice(usable, usable, None)
     busy = busy_cores(affinity_cores(), window_s, proc_stat)
     if busy is None:
