@@ -4,6 +4,8 @@ there (they must run wherever the data is)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,21 @@ def openkbp_ct_path(case: str = "pt_4") -> Path:
     if folder is None:
         pytest.skip(f"{SHARED_SKIP_REASON}: OpenKBP case {case} is not bundled in test/data")
     return folder / "ct.nii.gz"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (the README's ``-n auto``) the workers share the cores: each gets its share of them for
+    torch/OpenMP (inherited by the subprocesses it starts), so that two workers on two cores do not each spin two
+    OpenMP threads (measured 2.7x slower than one thread beside a busy process: benchmarks/README.md)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if not os.environ.get("PYTEST_XDIST_WORKER") or workers < 2:
+        return
+    from model.cpu_threads import usable_cores
+
+    share = str(max(1, usable_cores() // workers))
+    os.environ.setdefault("OMP_NUM_THREADS", share)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 _SHARED_SKIPS: list[str] = []
