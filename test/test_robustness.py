@@ -213,8 +213,8 @@ def test_unusable_mr_falls_back_to_ct_only(real_ct, small_model, tmp_path, make_
 @pytest.mark.slow
 def test_large_ct_under_a_memory_limit_is_not_killed(tmp_path):
     """A 1024 x 1024 x 300 CT + T1 MR, full run with the shipped model (2 folds) inside an 8 GB cgroup (the
-    platform's kind of limit): exit 0 and one output of the CT's size. The same harness at 0.3 GB is killed (exit -9), which shows
-    the limit is real."""
+    platform's kind of limit): exit 0 and one output of the CT's size. The same harness at 0.3 GB is killed
+    (exit -9), which shows the limit is real."""
     from benchmarks import large_ct_memory
 
     if not (REPO / "weights" / "plans.json").is_file():
