@@ -32,7 +32,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from benchmarks.monitor import run_monitored
+from benchmarks.monitor import Monitored, run_monitored
 from benchmarks.nnunet_comparison import OPENKBP, REPO, hanseg_sized_ct
 
 log = logging.getLogger("benchmarks.large_ct_memory")
@@ -93,14 +93,20 @@ def memory_cgroup(limit_gb: float | None):
                 time.sleep(0.1)
 
 
-def run_process(input_root: Path, out: Path, model: Path, limit_gb: float | None,
-                extra: Sequence[str] = ()) -> tuple[int, float, float, str]:
-    """Run ``process.py``; returns (exit code, wall s, peak tree RSS GB, last stderr line)."""
+def run_process_monitored(input_root: Path, out: Path, model: Path, limit_gb: float | None,
+                          extra: Sequence[str] = ()) -> Monitored:
+    """Run ``process.py`` (INFO log lines, timestamped) under the memory limit; the monitored run."""
     cmd = [sys.executable, str(REPO / "process.py"), "--input", str(input_root), "--output", str(out), "--model",
            str(model), "--no-progress", *extra]
     with memory_cgroup(limit_gb) as move:
         # moved into the cgroup right after the start, before it has imported anything: a few MB at most
-        run = run_monitored(cmd, dict(os.environ, PYTHONPATH=str(REPO)), on_start=move)
+        return run_monitored(cmd, dict(os.environ, PYTHONPATH=str(REPO)), on_start=move)
+
+
+def run_process(input_root: Path, out: Path, model: Path, limit_gb: float | None,
+                extra: Sequence[str] = ()) -> tuple[int, float, float, str]:
+    """Run ``process.py``; returns (exit code, wall s, peak tree RSS GB, last stderr line)."""
+    run = run_process_monitored(input_root, out, model, limit_gb, extra)
     return run.returncode, run.seconds, run.peak_tree_gb, run.last_stderr_line
 
 
@@ -131,12 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.model = make_test_model(workdir / "model_31", folds=2, mirror_axes=(2,), **HANSEG_PLAN)
             spacing = tuple(reversed(HANSEG_PLAN["spacing_zyx"]))  # the CT at HaN-Seg's native 0.56 x 0.56 x 2 mm
         root = make_input(workdir / "input", size_xyz=args.size, spacing_xyz=spacing)
-        code, seconds, peak, last = run_process(root, workdir / "output", args.model, args.limit_gb, args.extra)
+        run = run_process_monitored(root, workdir / "output", args.model, args.limit_gb, args.extra)
+        code, peak = run.returncode, run.peak_tree_gb
         written = list((workdir / "output").rglob("*.mha"))
     limit = f"{args.limit_gb:g} GB" if args.limit_gb else "none"
     print(f"model: {args.model} | CT {' x '.join(map(str, args.size))} at {spacing} mm + T1 MR | "
           f"memory limit: {limit}")
-    print(f"wall {seconds:.1f} s | outputs written: {len(written)} | last log line: {last[:160]}")
+    print(f"wall {run.seconds:.1f} s | outputs written: {len(written)} | last log line: {run.last_stderr_line[:160]}")
+    print(f"peak at {run.peak_at_s:.0f} s; last log line before it: {run.log_line_before(run.peak_at_s)[:160]}")
     killed = " (killed: over the memory limit)" if code == -9 else ""
     print(f"RESULT peak RSS {peak:.2f} GB (limit {limit}): exit {code}{killed}")
     return 0 if code == 0 else 1

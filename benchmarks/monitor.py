@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,29 @@ class Monitored:
     largest_process_gb: float
     stderr: str
     killed: bool
+    started_at: float = 0.0
+    """Wall clock (``time.time()``, s) at the start."""
+    peak_at_s: float = 0.0
+    """Seconds after the start at which the tree's peak RSS was sampled."""
 
     @property
     def last_stderr_line(self) -> str:
         lines = self.stderr.strip().splitlines()
         return lines[-1] if lines else ""
+
+    def log_line_before(self, seconds: float) -> str:
+        """The last stderr line logged (``logging``'s ``%(asctime)s`` prefix, local time) at most ``seconds`` after
+        the start: what the command was doing then, e.g. at the memory peak. Empty if no line is timestamped."""
+        last = ""
+        for line in self.stderr.splitlines():
+            try:
+                stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            except ValueError:
+                continue
+            if stamp > self.started_at + seconds:
+                break
+            last = line
+        return last
 
 
 def tree_process_rss(root: int) -> list[int]:
@@ -65,16 +84,19 @@ def run_monitored(cmd: Sequence[str], env: Mapping[str, str], cwd: Path | None =
         on_start: called with the pid right after the start, e.g. to move it into a memory cgroup.
     """
     with tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
+        started_at, start = time.time(), time.perf_counter()
         proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env), stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True)
         if on_start is not None:
             on_start(proc.pid)
         peak = largest = 0
+        peak_at = 0.0
         killed = False
         while proc.poll() is None:
             sizes = tree_process_rss(proc.pid)
-            peak, largest = max(peak, sum(sizes)), max([largest, *sizes])
+            if sum(sizes) > peak:
+                peak, peak_at = sum(sizes), time.perf_counter() - start
+            largest = max([largest, *sizes])
             if kill_above_gb is not None and sum(sizes) > kill_above_gb * 1024**3 and not killed:
                 log.warning("%.1f GB > cap %.1f GB: killing %s", sum(sizes) / 1024**3, kill_above_gb, cmd[0])
                 os.killpg(proc.pid, 9)
@@ -83,4 +105,4 @@ def run_monitored(cmd: Sequence[str], env: Mapping[str, str], cwd: Path | None =
         seconds = time.perf_counter() - start
         err.seek(0)
         stderr = err.read()
-    return Monitored(proc.returncode, seconds, peak / 1024**3, largest / 1024**3, stderr, killed)
+    return Monitored(proc.returncode, seconds, peak / 1024**3, largest / 1024**3, stderr, killed, started_at, peak_at)
