@@ -113,7 +113,9 @@ elapsed=$((SECONDS - start))
 oom=$(docker inspect -f '{{.State.OOMKilled}}' "$name" 2>/dev/null || echo unknown)
 log_found=1
 if [[ -n "$expect_log" ]]; then
-    docker logs "$name" 2>&1 | grep -qF -- "$expect_log" || log_found=0
+    # grep reads the whole log (no -q): with -q it may exit at the first match while `docker logs` still writes,
+    # which then dies of SIGPIPE and, under pipefail, fails the pipeline although the text was found
+    docker logs "$name" 2>&1 | grep -F -- "$expect_log" >/dev/null || log_found=0
 fi
 docker rm -f "$name" >/dev/null 2>&1 || true
 [[ "$oom" != true ]] || die "the container ran out of memory (limit $memory) after ${elapsed} s (exit $status)"
