@@ -228,7 +228,7 @@ class Predictor:
                     controller.mirror_axes = plan.mirror_axes
                 load_fold_weights(self.network, fold.weights, str(fold.path))
                 accumulators.clear()
-                fold_start = time.perf_counter()
+                fold_start = time.monotonic()
                 try:
                     sliding_window_logits(
                         self._forward_for(fold),
@@ -270,7 +270,7 @@ class Predictor:
                     continue
                 done += 1
                 log.info("fold %s done (%d of %d): %d tiles in %.1f s", fold.path.name, done, len(folds), n_tiles,
-                         time.perf_counter() - fold_start)
+                         time.monotonic() - fold_start)
         if done > 1:
             summed /= done
         if report is not None:
