@@ -30,9 +30,14 @@ def openkbp_ct_path(case: str = "pt_4") -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (the README's ``-n auto``) the workers share the cores: each gets its share of them for
+    """Under pytest-xdist (the README's ``-n auto --dist loadfile``) files are scheduled in collection order, and
+    the workers share the cores: each gets its share of them for
     torch/OpenMP (inherited by the subprocesses it starts), so that two workers on two cores do not each spin two
     OpenMP threads (measured 2.7x slower than one thread beside a busy process: benchmarks/README.md)."""
+    if hasattr(config.option, "loadscopereorder"):
+        # the controller schedules files in OUR collection order (slow files first, see
+        # pytest_collection_modifyitems), not xdist's default of the files with the most tests first
+        config.option.loadscopereorder = False
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if not os.environ.get("PYTEST_XDIST_WORKER") or workers < 2:
         return
@@ -42,6 +47,14 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", share)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with slow tests run first (order inside a file kept): under ``--dist loadfile`` the long files then
+    start on different workers at once and the quick ones fill the gaps, instead of two long files queueing on
+    one worker at the end (CI of 2026-12-01: the two training smoke runs, ~13 min, ran last on one worker)."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 _SHARED_SKIPS: list[str] = []
