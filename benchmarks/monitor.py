@@ -94,11 +94,12 @@ def run_monitored(cmd: Sequence[str], env: Mapping[str, str], cwd: Path | None =
         killed = False
         while proc.poll() is None:
             sizes = tree_process_rss(proc.pid)
-            if sum(sizes) > peak:
-                peak, peak_at = sum(sizes), time.perf_counter() - start
+            total = sum(sizes)
+            if total > peak:
+                peak, peak_at = total, time.perf_counter() - start
             largest = max([largest, *sizes])
-            if kill_above_gb is not None and sum(sizes) > kill_above_gb * 1024**3 and not killed:
-                log.warning("%.1f GB > cap %.1f GB: killing %s", sum(sizes) / 1024**3, kill_above_gb, cmd[0])
+            if kill_above_gb is not None and total > kill_above_gb * 1024**3 and not killed:
+                log.warning("%.1f GB > cap %.1f GB: killing %s", total / 1024**3, kill_above_gb, cmd[0])
                 os.killpg(proc.pid, 9)
                 killed = True
             time.sleep(SAMPLE_SECONDS)

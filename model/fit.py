@@ -64,7 +64,7 @@ from contract.errors import ModelFolderError
 from model.checkpoint_loading import load_checkpoint
 from model.model_folder import CHECKPOINT_NAME, FOLD_PATTERN, ModelFolder, parse_configuration
 from model.network import build_network
-from model.sliding_window import compute_steps
+from model.sliding_window import compute_steps, ring_depth
 
 GIB = 2**30
 HOST_OVERHEAD_GIB = 1.0
@@ -224,7 +224,7 @@ def estimate_fit(model: ModelFolder, ct_size_xyz: Sequence[int], ct_spacing_xyz:
     tile_io = math.prod(patch) * (c * 4 + k * 4) * (1 + (1 if mirror_axes else 0))
     device_input = c * n_net * 4
     device_logits = k * n_net * 2 + n_net * 2
-    ring = (k + 1) * (patch[0] if len(patch) == 3 else 1) * math.prod(padded[1:]) * 2
+    ring = (k + 1) * ring_depth(patch, len(padded)) * math.prod(padded[1:]) * 2
     device_acc = weights + activations + tile_io + device_input + device_logits + ring
     device_host_acc = weights + activations + tile_io
 

@@ -127,6 +127,12 @@ def predict_tile(network: Forward, tiles: torch.Tensor, mirror_axes: Sequence[in
     return prediction
 
 
+def ring_depth(patch_size: Sequence[int], spatial_dims: int) -> int:
+    """Rows of the first spatial axis a :class:`FoldAccumulator` keeps: the patch's depth, 1 for a 2-D patch
+    sliding over the slices of a 3-D image (``spatial_dims`` = 3, ``len(patch_size)`` = 2)."""
+    return 1 if len(patch_size) == spatial_dims - 1 else int(patch_size[0])
+
+
 class FoldAccumulator:
     """Gaussian-weighted tile sums of one fold, kept only for the rows (first spatial axis) tiles still touch.
 
@@ -268,8 +274,7 @@ def sliding_window_logits(
     spatial = data.shape[1:]
     gaussian = gaussian_importance_map(tuple(patch_size), str(results_device))
     slicers = tile_slicers(spatial, patch_size, step_fraction)
-    depth = 1 if len(patch_size) == len(spatial) - 1 else int(patch_size[0])
-    accumulator = FoldAccumulator(out, spatial, unpad, depth, first, results_device)
+    accumulator = FoldAccumulator(out, spatial, unpad, ring_depth(patch_size, len(spatial)), first, results_device)
     if on_accumulator is not None:
         on_accumulator(accumulator)
     if controller is not None:

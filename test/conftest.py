@@ -31,9 +31,9 @@ def openkbp_ct_path(case: str = "pt_4") -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (the README's ``-n auto --dist loadfile``) files are scheduled in collection order, and
-    the workers share the cores: each gets its share of them for
-    torch/OpenMP (inherited by the subprocesses it starts), so that two workers on two cores do not each spin two
-    OpenMP threads (measured 2.7x slower than one thread beside a busy process: benchmarks/README.md)."""
+    the workers share the cores: each gets its share of them for torch/OpenMP (inherited by the subprocesses it
+    starts), so that two workers on two cores do not each spin two OpenMP threads (measured 2.7x slower than one
+    thread beside a busy process: benchmarks/README.md)."""
     if hasattr(config.option, "loadscopereorder"):
         # the controller schedules files in OUR collection order (slow files first, see
         # pytest_collection_modifyitems), not xdist's default of the files with the most tests first
