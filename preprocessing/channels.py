@@ -12,7 +12,12 @@ Declaration (``dataset.json``; nnU-Net ignores the extra keys)::
     "mr_registration": "rigid+bspline"
 
 * ``source`` ``"CT"``: the CT in HU as read (int16 kept), or with ``window`` the CT clipped to
-  ``[level - width/2, level + width/2]`` HU (float32), as the model was trained. ``"T1"``: the T1 MR registered and
+  ``[level - width/2, level + width/2]`` HU (float32), as the model was trained. With ``z_offset_mm`` (2.5-D
+  context for a 2-D network): the CT ``z_offset_mm`` mm toward the patient's head (negative: toward the feet),
+  i.e. each voxel holds the CT value found that far superior of it along the image axis closest to the patient's
+  superior-inferior axis; linear between slices, the first / last slice repeated beyond the scan (float32; the
+  window, if any, is applied after the shift). Defined in patient terms so that it means the same on every
+  storage orientation and slice spacing (OpenKBP 2.5 / 3 mm, HaN-Seg 2 mm). ``"T1"``: the T1 MR registered and
   resampled onto the CT grid (float32, 0 outside the MR field of view).
 * Without ``channel_recipes`` a channel named ``CT``/``ct`` is the CT as read and a name containing ``t1``, ``mr``
   or ``mri`` is the T1 (the two-channel models trained before recipes existed). Any other name is a model-folder
@@ -50,6 +55,8 @@ SOURCES = ("CT", "T1")
 CT_NAMES = frozenset({"CT", "ct"})
 MR_NAME_KEYWORDS = ("t1", "mr", "mri")
 MR_DROPOUT_FILL = 0.0
+MAX_Z_OFFSET_MM = 50.0
+"""Largest ``z_offset_mm`` a recipe may declare (a context channel, not a different region)."""
 """Raw value of every T1-derived channel when there is no usable MR."""
 
 MR_USED = "used"
@@ -65,6 +72,7 @@ class ChannelRecipe:
     name: str
     source: str
     window: tuple[float, float] | None = None
+    z_offset_mm: float = 0.0
 
     @property
     def group(self) -> str:
@@ -82,6 +90,8 @@ class ChannelRecipe:
         out: dict[str, Any] = {"source": self.source}
         if self.window is not None:
             out["window"] = {"level": self.window[0], "width": self.window[1]}
+        if self.z_offset_mm:
+            out["z_offset_mm"] = self.z_offset_mm
         return out
 
 
@@ -127,6 +137,23 @@ stays RIGID by default: on the synthetic protocol the B-spline stage did not bea
 (the converters' ``--mr-registration``)."""
 
 
+Z_CONTEXT_OFFSETS_MM = (-5.0, -2.5, 2.5, 5.0)
+"""Offsets (mm toward the head) of the CT context channels of :data:`Z_CONTEXT_PLAN`."""
+
+Z_CONTEXT_PLAN = ChannelPlan(
+    (ChannelRecipe("CT", "CT"), ChannelRecipe("T1", "T1"))
+    + tuple(ChannelRecipe("CT", "CT", z_offset_mm=d) for d in Z_CONTEXT_OFFSETS_MM),
+    "rigid",
+)
+"""2.5-D input for a 2-D network: the CT and T1 of :data:`LEGACY_PLAN` (same channel indices, so a legacy model's
+weights carry over) plus the CT 5 and 2.5 mm below and above each slice. The context channels are named ``CT`` so
+that nnU-Net normalises them as CT (its normalisation is chosen by channel name)."""
+
+
+NAMED_PLANS = {"ct+t1": LEGACY_PLAN, "seed": SEED_RECIPE_PLAN, "2.5d": Z_CONTEXT_PLAN}
+"""The channel layouts the training converters offer (``--channels``)."""
+
+
 def parse_channel_plan(dataset: Mapping[str, Any], path: str | Path = "dataset.json") -> ChannelPlan:
     """The :class:`ChannelPlan` a dataset.json declares.
 
@@ -165,14 +192,22 @@ def _recipe(index: int, name: str, raw: Any, path: str | Path) -> ChannelRecipe:
         raise ModelFolderError(
             path, f"channel {index} {name!r}: unknown channel name (known: CT, or a T1/MR name; other channels need "
                   f"a '{RECIPES_KEY}' entry)")
-    if not isinstance(raw, Mapping) or set(raw) - {"source", "window"}:
-        raise ModelFolderError(path, f"'{RECIPES_KEY}' entry {index}: expected {{'source', 'window'}}, got {raw!r}")
+    if not isinstance(raw, Mapping) or set(raw) - {"source", "window", "z_offset_mm"}:
+        raise ModelFolderError(path, f"'{RECIPES_KEY}' entry {index}: expected {{'source', 'window', "
+                                     f"'z_offset_mm'}}, got {raw!r}")
     source = raw.get("source")
     if source not in SOURCES:
         raise ModelFolderError(path, f"'{RECIPES_KEY}' entry {index}: source {source!r} is not one of {list(SOURCES)}")
+    offset = raw.get("z_offset_mm", 0.0)
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not np.isfinite(offset) \
+            or abs(offset) > MAX_Z_OFFSET_MM:
+        raise ModelFolderError(path, f"'{RECIPES_KEY}' entry {index}: z_offset_mm must be a number of mm within "
+                                     f"+-{MAX_Z_OFFSET_MM:g}, got {offset!r}")
+    if offset and source != "CT":
+        raise ModelFolderError(path, f"'{RECIPES_KEY}' entry {index}: z_offset_mm applies to the CT only")
     window = raw.get("window")
     if window is None:
-        return ChannelRecipe(name, str(source))
+        return ChannelRecipe(name, str(source), z_offset_mm=float(offset))
     if source != "CT":
         raise ModelFolderError(path, f"'{RECIPES_KEY}' entry {index}: a window applies to the CT only")
     try:
@@ -182,7 +217,7 @@ def _recipe(index: int, name: str, raw: Any, path: str | Path) -> ChannelRecipe:
                                      f"got {window!r}") from None
     if not (np.isfinite(level) and np.isfinite(width) and width > 0):
         raise ModelFolderError(path, f"'{RECIPES_KEY}' entry {index}: window width must be > 0 and finite")
-    return ChannelRecipe(name, "CT", (level, width))
+    return ChannelRecipe(name, "CT", (level, width), float(offset))
 
 
 def channel_groups(plan: ChannelPlan) -> dict[str, tuple[int, ...]]:
@@ -294,7 +329,8 @@ def channel_arrays(plan: ChannelPlan, ct: sitk.Image, mr_on_ct: sitk.Image | Non
     for recipe in plan.recipes:
         if recipe.source == "CT":
             clip = recipe.clip_hu
-            arrays.append(ct_arr if clip is None else np.clip(ct_arr, *clip, dtype=np.float32))
+            source = ct_arr if not recipe.z_offset_mm else shifted_superior(ct, ct_arr, recipe.z_offset_mm)
+            arrays.append(source if clip is None else np.clip(source, *clip, dtype=np.float32))
         elif mr_arr is not None:
             arrays.append(mr_arr)
         else:  # np.zeros maps untouched pages to the kernel's zero page: no resident memory until written
@@ -303,12 +339,43 @@ def channel_arrays(plan: ChannelPlan, ct: sitk.Image, mr_on_ct: sitk.Image | Non
     return arrays
 
 
+def superior_axis(image: sitk.Image) -> tuple[int, float]:
+    """(numpy axis, sign) of the image axis closest to the patient's superior direction: moving +1 along that
+    numpy axis moves ``sign`` x spacing mm toward the head. (SimpleITK's physical frame is LPS: superior = +z.)"""
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)  # columns: image axes x, y, z
+    axis_xyz = int(np.argmax(np.abs(direction[2])))
+    return 2 - axis_xyz, float(np.sign(direction[2, axis_xyz]))
+
+
+def shifted_superior(image: sitk.Image, array: np.ndarray, offset_mm: float) -> np.ndarray:
+    """``array`` (numpy z, y, x, on ``image``'s grid) sampled ``offset_mm`` mm toward the patient's head: output
+    voxel i holds the value at index i + offset / spacing along :func:`superior_axis` (linear between slices, edge
+    slices repeated). float32."""
+    axis, sign = superior_axis(image)
+    spacing = image.GetSpacing()[2 - axis]
+    n = array.shape[axis]
+    position = np.clip(np.arange(n) + sign * offset_mm / spacing, 0, n - 1)
+    below = np.floor(position).astype(np.intp)
+    above = np.minimum(below + 1, n - 1)
+    frac = (position - below).astype(np.float32)
+    low = np.take(array, below, axis=axis).astype(np.float32)
+    if not frac.any():
+        return low
+    shape = [1, 1, 1]
+    shape[axis] = n
+    frac = frac.reshape(shape)
+    high = np.take(array, above, axis=axis).astype(np.float32)
+    low *= 1 - frac
+    low += frac * high
+    return low
+
+
 def channel_images(plan: ChannelPlan, ct: sitk.Image, mr_on_ct: sitk.Image | None) -> list[sitk.Image]:
     """:func:`channel_arrays` as images carrying the CT's grid (for the training converters' channel files): the
     raw CT keeps its pixel type, every other channel is float32."""
     images = []
     for recipe, arr in zip(plan.recipes, channel_arrays(plan, ct, mr_on_ct)):
-        if recipe.source == "CT" and recipe.window is None:
+        if recipe.source == "CT" and recipe.window is None and not recipe.z_offset_mm:
             images.append(ct)
             continue
         image = sitk.GetImageFromArray(np.asarray(arr, dtype=np.float32))

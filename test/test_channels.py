@@ -18,7 +18,9 @@ from preprocessing.channels import (
     LEGACY_PLAN,
     MR_DROPOUT_FILL,
     SEED_RECIPE_PLAN,
+    Z_CONTEXT_PLAN,
     ChannelPlan,
+    ChannelRecipe,
     channel_arrays,
     parse_channel_plan,
 )
@@ -35,6 +37,53 @@ def test_seed_recipe_round_trips_through_dataset_json():
     assert plan.ct_channels == (0, 1) and plan.mr_channels == (2,) and plan.mr_registration == "rigid"
     assert parse_channel_plan({**SEED_KEYS, "mr_registration": "rigid+bspline"}).mr_registration == "rigid+bspline"
     assert plan.recipes[0].clip_hu == (-160.0, 240.0) and plan.recipes[1].clip_hu == (-800.0, 2200.0)
+
+
+def test_z_context_recipe_round_trips_and_keeps_the_legacy_channel_indices():
+    keys = json.loads(json.dumps(Z_CONTEXT_PLAN.dataset_json_keys()))
+    plan = parse_channel_plan(keys)
+    assert plan == Z_CONTEXT_PLAN
+    assert plan.recipes[:2] == LEGACY_PLAN.recipes  # channels 0 / 1 as in a CT + T1 model: its weights carry over
+    assert [r.z_offset_mm for r in plan.recipes[2:]] == [-5.0, -2.5, 2.5, 5.0]
+    assert plan.ct_channels == (0, 2, 3, 4, 5) and plan.mr_channels == (1,)
+    assert set(keys["channel_names"].values()) == {"CT", "T1"}  # nnU-Net normalises every CT channel as CT
+
+
+def _superior_ramp(size_xyz: tuple[int, int, int], spacing: tuple[float, float, float],
+                   direction: tuple[float, ...]) -> sitk.Image:
+    """An image whose value at every voxel is its physical superior coordinate (LPS z, mm)."""
+    image = sitk.Image(list(size_xyz), sitk.sitkFloat32)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    image.SetOrigin((-10.0, 20.0, -30.0))
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in size_xyz], indexing="ij"), -1)  # x, y, z, 3
+    physical = (index * np.asarray(spacing)) @ np.asarray(direction).reshape(3, 3).T + np.asarray(image.GetOrigin())
+    image = sitk.GetImageFromArray(physical[..., 2].transpose(2, 1, 0).astype(np.float32))
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    image.SetOrigin((-10.0, 20.0, -30.0))
+    return image
+
+
+@pytest.mark.parametrize("direction", [
+    (1, 0, 0, 0, 1, 0, 0, 0, 1),  # LPS, axial slices along z
+    (1, 0, 0, 0, 1, 0, 0, 0, -1),  # z stored feet-first
+    (1, 0, 0, 0, 0, -1, 0, 1, 0),  # coronal storage: the image's y axis points to the head
+], ids=["LPS", "z-flipped", "coronal"])
+@pytest.mark.parametrize("offset", [2.5, -5.0, 3.0])
+def test_z_offset_reads_the_ct_that_many_mm_toward_the_head_in_every_storage_orientation(direction, offset):
+    spacing = (1.5, 2.0, 2.0)
+    ramp = _superior_ramp((6, 9, 9), spacing, tuple(float(d) for d in direction))
+    plan = ChannelPlan((ChannelRecipe("CT", "CT"), ChannelRecipe("CT", "CT", z_offset_mm=offset)))
+    base, shifted = channel_arrays(plan, ramp, None)
+    assert shifted.dtype == np.float32
+    top, bottom = base.max(), base.min()
+    # where the shifted point is inside the scan, the value is exactly the superior coordinate + offset (linear
+    # interpolation of a linear ramp; 3 mm on 2 mm slices is between slices); beyond the scan the edge slice
+    inside = (base + offset <= top) & (base + offset >= bottom)
+    assert inside.sum() > 0.3 * base.size
+    np.testing.assert_allclose(shifted[inside], base[inside] + offset, atol=1e-3)
+    np.testing.assert_allclose(shifted[~inside], top if offset > 0 else bottom, atol=1e-3)
 
 
 def test_channels_without_recipes_keep_the_two_channel_meaning():
@@ -56,6 +105,12 @@ def test_channels_without_recipes_keep_the_two_channel_meaning():
     ({"channel_names": {"0": "CT", "1": "t"}, "channel_recipes": {"0": {"source": "CT"},
                                                                   "1": {"source": "T1", "window": {}}}},
      "a window applies to the CT only"),
+    ({"channel_names": {"0": "CT", "1": "t"}, "channel_recipes": {"0": {"source": "CT"},
+                                                                  "1": {"source": "T1", "z_offset_mm": 2.5}}},
+     "z_offset_mm applies to the CT only"),
+    ({"channel_names": {"0": "CT"}, "channel_recipes": {"0": {"source": "CT", "z_offset_mm": 80}}}, "within +-50"),
+    ({"channel_names": {"0": "CT"}, "channel_recipes": {"0": {"source": "CT", "z_offset_mm": "up"}}}, "got 'up'"),
+    ({"channel_names": {"0": "CT"}, "channel_recipes": {"0": {"source": "CT", "shift": 1}}}, "expected {'source'"),
 ])
 def test_bad_declarations_are_model_folder_errors_naming_the_file(dataset, message):
     with pytest.raises(ModelFolderError, match="dataset.json") as err:
@@ -141,3 +196,38 @@ def test_trainer_drops_channel_groups_together():
     assert out[1, :2].abs().sum() == 0 and out[1, 2].abs().sum() > 0  # CT group (soft AND bone) dropped
     assert out[2].abs().sum() == out[2].numel()  # nothing dropped
     assert trainers.dropout_channel_groups({}, 2) == ((0,), (1,))  # two-channel datasets as before
+    context = Z_CONTEXT_PLAN.dataset_json_keys()
+    assert trainers.dropout_channel_groups(context, 6) == ((0, 2, 3, 4, 5), (1,))  # context channels drop with the CT
+
+
+def test_new_input_channels_start_from_the_init_network_unchanged():
+    """A CT + T1 network continued on the 2.5-D layout: channels matched by recipe, new ones with zero weights,
+    so the first convolution computes what the original did, whatever the context channels hold."""
+    trainers = pytest.importorskip("training.trainers", reason="nnunetv2 is installed for training/tests only")
+    torch = pytest.importorskip("torch")
+    legacy = trainers.channel_recipe_list({"channel_names": {"0": "CT", "1": "T1"}})
+    context = trainers.channel_recipe_list(Z_CONTEXT_PLAN.dataset_json_keys())
+    rows = trainers.matched_input_channels(legacy, context)
+    assert rows == [0, 1, None, None, None, None]
+    # reordered channels follow their recipes; a recipe matches one source channel only
+    swapped = [{"source": "T1"}, {"source": "CT"}, {"source": "CT"}]
+    assert trainers.matched_input_channels(legacy, swapped) == [1, 0, None]
+    conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+    wide = torch.nn.Conv2d(6, 4, 3, padding=1)
+    with torch.no_grad():
+        wide.weight.copy_(trainers.expand_input_channels(conv.weight, rows))
+        wide.bias.copy_(conv.bias)
+    x = torch.randn(2, 6, 8, 8)
+    torch.testing.assert_close(wide(x), conv(x[:, :2]))
+    # the suffixes name every weight of nnU-Net's U-Net that depends on the number of input channels
+    assert all(k.endswith(trainers.FIRST_CONV_SUFFIXES) for k in _plain_unet_state_keys(torch))
+
+
+def _plain_unet_state_keys(torch) -> list[str]:  # noqa: ANN001 - the torch module
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    net = PlainConvUNet(6, 3, (8, 16, 32), torch.nn.Conv2d, 3, (1, 2, 2), 2, 3, (2, 2), True, torch.nn.InstanceNorm2d,
+                        {"affine": True}, nonlin=torch.nn.LeakyReLU)
+    keys = [k for k, v in net.state_dict().items() if v.ndim == 4 and v.shape[1] == 6]
+    assert keys, "no weight sees the 6 input channels"
+    return keys

@@ -204,6 +204,34 @@ def test_openkbp_conversion_zero_t1(tmp_path: Path) -> None:
     assert not sitk.GetArrayFromImage(sitk.ReadImage(str(out / "imagesTr" / "pt_1_0001.nii.gz"))).any()
 
 
+def test_openkbp_converter_writes_the_z_context_channels_inference_builds(tmp_path: Path) -> None:
+    """``--channels 2.5d``: six channel files, declared in dataset.json, each equal to what inference builds from
+    the written CT (one builder); the context channels are the CT 5 / 2.5 mm below and above (2.5 mm slices)."""
+    from preprocessing.channels import Z_CONTEXT_PLAN, channel_arrays, parse_channel_plan
+
+    src = tmp_path / "openkbp"
+    d = src / "cases" / "pt_1"
+    d.mkdir(parents=True)
+    ct = (np.arange(8, dtype=np.int16)[:, None, None] * 100 - 500 + np.zeros((8, 10, 12), np.int16)).astype(np.int16)
+    lab = np.zeros(ct.shape, dtype=np.uint8)
+    lab[3, 2:4, 3:5] = 1
+    sitk.WriteImage(_image(ct, (4.7, 4.7, 2.5), (0, 0, 0)), str(d / "ct.nii.gz"))
+    sitk.WriteImage(_image(lab, (4.7, 4.7, 2.5), (0, 0, 0)), str(d / "oar_labels.nii.gz"))
+    (src / "cases.json").write_text(json.dumps({"pt_1": {"split": "train-pats"}}))
+    out = convert_openkbp.convert(src, tmp_path / "raw", 906, t1_mode="zeros", plan=Z_CONTEXT_PLAN)
+    assert parse_channel_plan(json.loads((out / "dataset.json").read_text())) == Z_CONTEXT_PLAN
+    written = [sitk.GetArrayFromImage(sitk.ReadImage(str(out / "imagesTr" / f"pt_1_{i:04d}.nii.gz")))
+               for i in range(6)]
+    assert not (out / "imagesTr" / "pt_1_0006.nii.gz").exists()
+    written_ct = sitk.ReadImage(str(out / "imagesTr" / "pt_1_0000.nii.gz"))
+    for i, (a, b) in enumerate(zip(written, channel_arrays(Z_CONTEXT_PLAN, written_ct, None))):
+        assert np.array_equal(a, b), f"channel {i} differs from inference's"
+    z = written[0][:, 0, 0].astype(float)  # -500, -400, ... one slice = 2.5 mm = 100 HU up the ramp
+    np.testing.assert_array_equal(written[3][:, 0, 0], np.r_[z[0], z[:-1]])  # 2.5 mm toward the feet
+    np.testing.assert_array_equal(written[5][:, 0, 0], np.r_[z[2:], z[-1], z[-1]])  # 5 mm toward the head
+    assert not written[1].any()  # T1 zeros
+
+
 def test_modality_dropout_zeroes_whole_channels() -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("nnunetv2")

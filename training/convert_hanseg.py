@@ -55,7 +55,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from contract.labels import HANSEG_LABELS, HANSEG_OAR_NAMES
-from preprocessing.channels import LEGACY_PLAN, REGISTRATION_MODES, SEED_RECIPE_PLAN, ChannelPlan, channel_images
+from preprocessing.channels import LEGACY_PLAN, NAMED_PLANS, REGISTRATION_MODES, ChannelPlan, channel_images
 from training.dataset_labels import dataset_label_table
 from training.hanseg_oar_table import OarTable, find_oar_table, read_oar_table
 from training.label_availability import FILE_NAME as AVAILABILITY_FILE
@@ -72,8 +72,8 @@ OAR_PATTERN = re.compile(r"^(?P<case>.+)_OAR_(?P<name>.+)\.seg\.nrrd$")
 GRID_TOLERANCE = 1e-3
 
 
-CHANNEL_PLANS = {"ct+t1": LEGACY_PLAN, "seed": SEED_RECIPE_PLAN}
-"""``--channels`` choices."""
+CHANNEL_PLANS = NAMED_PLANS
+"""``--channels`` choices (:data:`preprocessing.channels.NAMED_PLANS`)."""
 
 
 def find_cases(root: Path) -> dict[str, Path]:
@@ -294,8 +294,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--all-labels", action="store_true", help="all 30 OARs in dataset.json")
     parser.add_argument("--oar-table", type=Path, help="HaN-Seg's OAR_data.csv (default: found under --src)")
     parser.add_argument("--channels", choices=sorted(CHANNEL_PLANS), default="ct+t1",
-                        help="input channels: ct+t1 (CT as read + T1), or seed (CT soft window, CT bone window, "
-                             "T1: the best published HaN-Seg recipe)")
+                        help="input channels: ct+t1 (CT as read + T1), seed (CT soft window, CT bone window, "
+                             "T1: the best published HaN-Seg recipe), or 2.5d (CT, T1, and the CT 5 / 2.5 mm below "
+                             "and above: z-context for a 2-D network)")
     parser.add_argument("--mr-registration", choices=REGISTRATION_MODES, default=None,
                         help="MR registration written to dataset.json and used here (default rigid; rigid+bspline adds "
                              "the B-spline stage, which did not beat rigid on the synthetic protocol yet)")

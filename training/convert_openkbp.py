@@ -23,6 +23,10 @@ SYNTHESISED from the CT by ``preprocessing.synthetic_t1`` under a random rigid t
 registered back onto the CT by the inference registration code (see ``training.t1_channel``). ``--t1 zeros`` writes
 an all-zero T1 channel instead. dataset.json and conversion_report.json state which.
 
+``--channels`` picks the input layout (:data:`preprocessing.channels.NAMED_PLANS`, built by the inference channel
+builder and declared in dataset.json): ``ct+t1`` (default) or ``2.5d`` (the same two plus the CT 5 / 2.5 mm below
+and above every slice).
+
 ``train-pats`` go to imagesTr/labelsTr (nnU-Net trains and cross-validates on them); ``validation-pats`` go to
 imagesTs/labelsTs (held out: never seen in training, used for the model card).
 
@@ -46,13 +50,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from contract.labels import LATERAL_PAIRS, hanseg_value
+from preprocessing.channels import LEGACY_PLAN, NAMED_PLANS, ChannelPlan, channel_images
 from training.dataset_labels import (
     dataset_label_table,
     hanseg_to_dataset_lut,
     lr_split_declaration,
 )
 from training.label_availability import write_availability
-from training.raw_dataset import dataset_folder_name, write_case, write_dataset_json, write_report
+from training.raw_dataset import dataset_folder_name, write_case_channels, write_dataset_json, write_report
 from training.shared_data import shared_data_dir
 from training.t1_channel import T1_MODES, make_t1_channel
 
@@ -139,7 +144,7 @@ def case_seed(case_id: str) -> int:
 
 def convert_case(source: Path, case_id: str, out_dir: Path, test: bool, t1_mode: str,
                  threads: int | None = None, meta: dict[str, Any] | None = None,
-                 merge_lr: bool = False) -> dict[str, Any]:
+                 merge_lr: bool = False, plan: ChannelPlan = LEGACY_PLAN) -> dict[str, Any]:
     """Convert one OpenKBP case; return its conversion record.
 
     ``meta`` is the case's ``cases.json`` entry (``oars_present`` for partial cases; all 7 OARs when absent).
@@ -173,7 +178,8 @@ def convert_case(source: Path, case_id: str, out_dir: Path, test: bool, t1_mode:
     label.CopyInformation(ct)
     t1 = make_t1_channel(ct, "zeros" if t1_mode == "zeros" else "synthetic", seed=case_seed(case_id),
                          threads=threads)
-    write_case(out_dir, case_id, ct, t1.image, label, test=test)
+    mr_on_ct = None if t1.filled_with_zeros else t1.image
+    write_case_channels(out_dir, case_id, channel_images(plan, ct, mr_on_ct), label, test=test)
     record = {
         "case": case_id,
         "source": source.name,
@@ -192,7 +198,8 @@ def convert_case(source: Path, case_id: str, out_dir: Path, test: bool, t1_mode:
 
 def convert(sources: Path | list[Path], raw_root: Path, dataset_id: int = DEFAULT_DATASET_ID,
             name: str = DEFAULT_DATASET_NAME, t1_mode: str = "synthetic", cases: list[str] | None = None,
-            workers: int = 1, include_test: bool = True, merge_lr: bool = False) -> Path:
+            workers: int = 1, include_test: bool = True, merge_lr: bool = False,
+            plan: ChannelPlan = LEGACY_PLAN) -> Path:
     """Convert the OpenKBP cases of one or more shared folders into ``raw_root/DatasetXXX_Name``; return it.
 
     Args:
@@ -203,6 +210,8 @@ def convert(sources: Path | list[Path], raw_root: Path, dataset_id: int = DEFAUL
         workers: processes converting cases in parallel.
         include_test: also write the validation-pats into imagesTs/labelsTs.
         merge_lr: train Parotid_L/R as one ``Parotid`` label (declared in dataset.json ``lr_split``).
+        plan: the input channels (default CT + T1; written to dataset.json). The MR registration is always rigid
+            here (the synthetic T1 is a rigid copy of the CT).
     """
     if t1_mode not in ("synthetic", "zeros"):
         raise ValueError(f"t1_mode must be 'synthetic' or 'zeros' for OpenKBP (no MR exists), got {t1_mode!r}")
@@ -221,7 +230,7 @@ def convert(sources: Path | list[Path], raw_root: Path, dataset_id: int = DEFAUL
     jobs = [(c, meta[c][1]["split"] != "train-pats") for c in todo
             if include_test or meta[c][1]["split"] == "train-pats"]
     threads = 1 if workers > 1 else None
-    args = [(meta[c][0], c, out_dir, t, t1_mode, threads, meta[c][1], merge_lr) for c, t in jobs]
+    args = [(meta[c][0], c, out_dir, t, t1_mode, threads, meta[c][1], merge_lr, plan) for c, t in jobs]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             records = [f.result() for f in [pool.submit(convert_case, *a) for a in args]]
@@ -245,7 +254,7 @@ def convert(sources: Path | list[Path], raw_root: Path, dataset_id: int = DEFAUL
                     f"{len(records) - n_train} validation-pats held out in imagesTs), 7 OARs renamed to HaN-Seg names"
                     f"{' (Parotid_L/R trained as one Parotid label, split at inference)' if merge_lr else ''}. "
                     f"{t1_note}.",
-        extra=extra,
+        extra=extra, channel_keys=plan.dataset_json_keys(),
     )
     rejected = [r["case"] for r in records if r["t1"]["registration_accepted"] is False]
     write_report(out_dir, records, {
@@ -270,10 +279,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-test", action="store_true", help="skip the held-out validation-pats")
     parser.add_argument("--merge-lr", action="store_true", help="train Parotid_L/R as one label (split at inference)")
+    parser.add_argument("--channels", choices=sorted(NAMED_PLANS), default="ct+t1",
+                        help="input channels: ct+t1 (CT as read + T1) or 2.5d (CT, T1 and the CT 5 / 2.5 mm below "
+                             "and above: z-context for a 2-D network)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     convert(args.source or default_sources(), args.out, args.dataset_id, args.name, args.t1, args.cases,
-            args.workers, include_test=not args.no_test, merge_lr=args.merge_lr)
+            args.workers, include_test=not args.no_test, merge_lr=args.merge_lr, plan=NAMED_PLANS[args.channels])
 
 
 if __name__ == "__main__":

@@ -42,12 +42,6 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{dataset_id:03d}_{name}"
 
 
-def write_case(out_dir: Path, case_id: str, ct: sitk.Image, t1: sitk.Image, label: sitk.Image | None,
-               test: bool = False) -> None:
-    """Write one case's two channels (CT, T1) and its label map (see :func:`write_case_channels`)."""
-    write_case_channels(out_dir, case_id, [ct, sitk.Cast(t1, sitk.sitkFloat32)], label, test=test)
-
-
 def write_case_channels(out_dir: Path, case_id: str, channels: list[sitk.Image], label: sitk.Image | None,
                         test: bool = False) -> None:
     """Write one case's channel images (``<case>_000C``, channel order, each in its own pixel type; built by

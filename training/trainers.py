@@ -383,12 +383,21 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
             if missing:
                 raise RuntimeError(f"{src_json}: no label {missing} to initialise {name!r} from")
             rows.append([src_labels[s] for s in sources])
+        with open(src_json) as f:
+            src_channels = channel_recipe_list(json.load(f))
+        channel_rows = matched_input_channels(src_channels, channel_recipe_list(self.dataset_json))
         out = {}
         n_src = max(src_labels.values()) + 1
         for key, tensor in state.items():
             if "seg_layers" in key and tensor.shape[0] == n_src:
                 tensor = torch.stack([tensor[r].mean(0) for r in rows])
+            if key.endswith(FIRST_CONV_SUFFIXES) and tensor.shape[1] == len(src_channels):
+                tensor = expand_input_channels(tensor, channel_rows)
             out[key] = tensor
+        if any(r is None for r in channel_rows):
+            self.print_to_log_file(f"input channels {channel_recipe_list(self.dataset_json)}: new channels "
+                                   f"{[i for i, r in enumerate(channel_rows) if r is None]} start with zero weights "
+                                   "(the initial network computes what the init checkpoint computed)")
         return out
 
 
@@ -425,6 +434,56 @@ class nnUNetTrainerNoMirroring_smoke(nnUNetTrainerNoMirroring):
         self.num_iterations_per_epoch = 3
         self.num_val_iterations_per_epoch = 1
         self.save_every = 1
+
+
+FIRST_CONV_SUFFIXES = ("encoder.stages.0.0.convs.0.conv.weight", "encoder.stages.0.0.convs.0.all_modules.0.weight")
+"""State-dict keys (suffixes) of the first convolution of nnU-Net's PlainConvUNet / ResidualEncoderUNet: the only
+weights whose shape depends on the number of input channels (the decoder holds a second reference)."""
+
+
+def channel_recipe_list(dataset_json: dict) -> list[dict]:
+    """Each input channel's recipe as a dict (``channel_recipes``; without it, from the channel name as
+    ``preprocessing.channels`` reads legacy folders: ``CT`` -> ``{"source": "CT"}``, a T1/MR name ->
+    ``{"source": "T1"}``, anything else ``{"name": ...}``). Channel order."""
+    names = dataset_json.get("channel_names") or {}
+    recipes = dataset_json.get("channel_recipes")
+    out = []
+    for i in range(len(names)):
+        if recipes:
+            out.append(dict(recipes[str(i)]))
+            continue
+        name = str(names[str(i)])
+        if name in ("CT", "ct"):
+            out.append({"source": "CT"})
+        elif any(k in name.lower() for k in ("t1", "mr", "mri")):
+            out.append({"source": "T1"})
+        else:
+            out.append({"name": name})
+    return out
+
+
+def matched_input_channels(src: list[dict], dst: list[dict]) -> list[int | None]:
+    """For each channel of ``dst``, the index of the ``src`` channel with the same recipe (first unused match), or
+    None for a channel the source network never saw."""
+    used: set[int] = set()
+    rows: list[int | None] = []
+    for recipe in dst:
+        match = next((j for j, r in enumerate(src) if r == recipe and j not in used), None)
+        if match is not None:
+            used.add(match)
+        rows.append(match)
+    return rows
+
+
+def expand_input_channels(weight: torch.Tensor, rows: list[int | None]) -> torch.Tensor:
+    """First-convolution ``weight`` (out, in_src, *kernel) re-indexed to the new input channels (out, len(rows),
+    *kernel): channel i takes the source channel ``rows[i]``'s weights, zeros where ``rows[i]`` is None, so that
+    the new network computes exactly what the source one computed until training changes them."""
+    out = weight.new_zeros((weight.shape[0], len(rows), *weight.shape[2:]))
+    for i, j in enumerate(rows):
+        if j is not None:
+            out[:, i] = weight[:, j]
+    return out
 
 
 def dropout_channel_groups(dataset_json: dict, n_channels: int, default_ct: tuple[int, ...] = (0,),
