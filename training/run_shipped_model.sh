@@ -75,9 +75,10 @@ for f in $FOLDS; do
   log "training fold $f (continues from checkpoint_latest.pth if present), log $WORK/logs/${TRAINER}_fold_$f.log"
   if [ -f "$REPO/weights/fold_$f/checkpoint_final.pth" ] && [ ! -f "$RUN_DIR/fold_$f/checkpoint_latest.pth" ] && \
      "$PYTHON" -c "import sys, torch; c = torch.load(sys.argv[1], map_location='cpu', weights_only=False); \
-sys.exit(0 if c['trainer_name'] == sys.argv[2] and c['init_args']['configuration'] == sys.argv[3] else 1)" \
-     "$REPO/weights/fold_$f/checkpoint_final.pth" "$TRAINER" "$CONFIG"; then
-    log "fold $f: weights/ already holds this trainer's finished fold (exported); not retrained"
+sys.exit(0 if c['trainer_name'] == sys.argv[2] and c['init_args']['configuration'] == sys.argv[3] \
+and c['init_args']['plans']['dataset_name'] == sys.argv[4] else 1)" \
+     "$REPO/weights/fold_$f/checkpoint_final.pth" "$TRAINER" "$CONFIG" "$DS"; then
+    log "fold $f: weights/ already holds this trainer's finished fold of $DS (exported); not retrained"
     continue
   fi
   if pgrep -f "nnUNetv2_train $DATASET_ID $CONFIG $f -tr $TRAINER " >/dev/null; then
