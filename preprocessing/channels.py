@@ -86,6 +86,15 @@ class ChannelRecipe:
         level, width = self.window
         return level - width / 2.0, level + width / 2.0
 
+    def describe(self) -> str:
+        """Human-readable recipe, e.g. ``"CT 2.5 mm toward the feet"`` or ``"CT window L40/W400"`` (model card)."""
+        parts = [self.source]
+        if self.z_offset_mm:
+            parts.append(f"{abs(self.z_offset_mm):g} mm toward the {'head' if self.z_offset_mm > 0 else 'feet'}")
+        if self.window is not None:
+            parts.append(f"window L{self.window[0]:g}/W{self.window[1]:g}")
+        return " ".join(parts)
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source}
         if self.window is not None:

@@ -45,6 +45,8 @@ def test_z_context_recipe_round_trips_and_keeps_the_legacy_channel_indices():
     assert plan == Z_CONTEXT_PLAN
     assert plan.recipes[:2] == LEGACY_PLAN.recipes  # channels 0 / 1 as in a CT + T1 model: its weights carry over
     assert [r.z_offset_mm for r in plan.recipes[2:]] == [-5.0, -2.5, 2.5, 5.0]
+    assert plan.recipes[2].describe() == "CT 5 mm toward the feet" and plan.recipes[4].describe() == \
+        "CT 2.5 mm toward the head"  # what the model card says
     assert plan.ct_channels == (0, 2, 3, 4, 5) and plan.mr_channels == (1,)
     assert set(keys["channel_names"].values()) == {"CT", "T1"}  # nnU-Net normalises every CT channel as CT
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.labels import HANSEG_OAR_NAMES
+from preprocessing.channels import parse_channel_plan
 
 HELDOUT_BEGIN = "<!-- heldout:begin -->"
 HELDOUT_END = "<!-- heldout:end -->"
@@ -144,7 +145,7 @@ def write_model_card(out: Path, summary: dict[str, Any], curves: dict[str, Any],
     data_line = (f"{n_train} training cases" + (f", {counts[1]} of them partially annotated (label availability "
                  "per case in label_availability.json; unannotated OARs are unknown to the loss, not background)"
                  if counts else ""))
-    channels = ", ".join(f"channel {k} = {v}" for k, v in dataset["channel_names"].items())
+    channels = ", ".join(f"channel {i} = {r.describe()}" for i, r in enumerate(parse_channel_plan(dataset).recipes))
     lr_text = (f"- **Left/right**: {', '.join(f'{n} = {a} + {b}' for n, (a, b) in split.items())} merged in "
                "training (dataset.json `lr_split`); the pipeline splits them by the patient's mid-sagittal plane "
                "after export (`preprocessing/laterality.py`), so mirroring is on in training and as test-time "
