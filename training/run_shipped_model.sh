@@ -72,7 +72,7 @@ for f in $FOLDS; do
     log "fold $f finished already"
     continue
   fi
-  log "training fold $f (continues from checkpoint_latest.pth if present), log $WORK/logs/${TRAINER}_fold_$f.log"
+  log "training fold $f (continues from checkpoint_latest.pth if present), log $WORK/logs/${DS}_${TRAINER}_fold_$f.log"
   if [ -f "$REPO/weights/fold_$f/checkpoint_final.pth" ] && [ ! -f "$RUN_DIR/fold_$f/checkpoint_latest.pth" ] && \
      "$PYTHON" -c "import sys, torch; c = torch.load(sys.argv[1], map_location='cpu', weights_only=False); \
 sys.exit(0 if c['trainer_name'] == sys.argv[2] and c['init_args']['configuration'] == sys.argv[3] \
@@ -95,9 +95,9 @@ and c['init_args']['plans']['dataset_name'] == sys.argv[4] else 1)" \
     echo "${cmd[@]}"
     continue
   fi
-  "${cmd[@]}" >> "$WORK/logs/${TRAINER}_fold_$f.log" 2>&1 &
+  "${cmd[@]}" >> "$WORK/logs/${DS}_${TRAINER}_fold_$f.log" 2>&1 &
   pids+=($!)
-  echo "${pids[-1]}" > "$WORK/logs/fold_$f.pid"
+  echo "${pids[-1]}" > "$WORK/logs/${DS}_fold_$f.pid"
 done
 status=0
 for p in "${pids[@]+"${pids[@]}"}"; do wait "$p" || status=$?; done
