@@ -233,3 +233,38 @@ def _plain_unet_state_keys(torch) -> list[str]:  # noqa: ANN001 - the torch modu
     keys = [k for k, v in net.state_dict().items() if v.ndim == 4 and v.shape[1] == 6]
     assert keys, "no weight sees the 6 input channels"
     return keys
+
+
+@pytest.mark.parametrize("src_merged", [False, True], ids=["sides-to-merged", "merged-to-merged"])
+def test_continuation_init_matches_heads_by_name_and_input_channels_by_recipe(tmp_path, src_merged):
+    """``nnUNetTrainerCPU_partial._remapped_init`` on a hand-made checkpoint: the merged head row is the mean of its
+    sides (or the merged row itself when the source is merged already), other rows follow their names, and the
+    first convolution gains zero weights for the 2.5-D context channels."""
+    trainers = pytest.importorskip("training.trainers", reason="nnunetv2 is installed for training/tests only")
+    torch = pytest.importorskip("torch")
+    src_labels = ({"background": 0, "Brainstem": 1, "Parotid": 2} if src_merged else
+                  {"background": 0, "Parotid_L": 1, "Parotid_R": 2, "Brainstem": 3})
+    heads = torch.arange(len(src_labels) * 4, dtype=torch.float32).reshape(len(src_labels), 4, 1, 1)
+    first = torch.randn(4, 2, 3, 3)
+    folder = tmp_path / "weights"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT", "1": "T1"}, "labels": src_labels}))
+    torch.save({"network_weights": {"decoder.seg_layers.0.weight": heads,
+                                    "encoder.stages.0.0.convs.0.conv.weight": first,
+                                    "decoder.encoder.stages.0.0.convs.0.conv.weight": first}},
+               folder / "fold_0" / "checkpoint_final.pth")
+    logged = []
+    fake = SimpleNamespace(device=torch.device("cpu"), print_to_log_file=logged.append, dataset_json={
+        **Z_CONTEXT_PLAN.dataset_json_keys(), "labels": {"background": 0, "Parotid": 1, "Brainstem": 2},
+        "lr_split": {"Parotid": ["Parotid_L", "Parotid_R"]}})
+    state = trainers.nnUNetTrainerCPU_partial._remapped_init(fake, str(folder / "fold_0" / "checkpoint_final.pth"))
+    rows = state["decoder.seg_layers.0.weight"]
+    assert rows.shape[0] == 3
+    torch.testing.assert_close(rows[0], heads[0])
+    torch.testing.assert_close(rows[1], heads[2] if src_merged else (heads[1] + heads[2]) / 2)
+    torch.testing.assert_close(rows[2], heads[1] if src_merged else heads[3])
+    for key in ("encoder.stages.0.0.convs.0.conv.weight", "decoder.encoder.stages.0.0.convs.0.conv.weight"):
+        assert state[key].shape == (4, 6, 3, 3)
+        torch.testing.assert_close(state[key][:, :2], first)
+        assert not state[key][:, 2:].any()
+    assert any("new channels [2, 3, 4, 5]" in line for line in logged)

@@ -98,6 +98,11 @@ and c['init_args']['plans']['dataset_name'] == sys.argv[4] else 1)" \
   "${cmd[@]}" >> "$WORK/logs/${DS}_${TRAINER}_fold_$f.log" 2>&1 &
   pids+=($!)
   echo "${pids[-1]}" > "$WORK/logs/${DS}_fold_$f.pid"
+  # the first fold writes nnU-Net's splits_final.json; a second fold started at once read it half-written
+  for _ in $(seq 300); do
+    [ -s "$nnUNet_preprocessed/$DS/splits_final.json" ] || ! kill -0 "${pids[-1]}" 2>/dev/null && break
+    sleep 1
+  done
 done
 status=0
 for p in "${pids[@]+"${pids[@]}"}"; do wait "$p" || status=$?; done

@@ -378,7 +378,7 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
         merged = self.dataset_json.get("lr_split", {})
         rows = []
         for name, _value in sorted(dst_labels.items(), key=lambda kv: kv[1]):
-            sources = merged.get(name, [name])
+            sources = [name] if name in src_labels else merged.get(name, [name])  # merged already, or its sides
             missing = [s for s in sources if s not in src_labels]
             if missing:
                 raise RuntimeError(f"{src_json}: no label {missing} to initialise {name!r} from")
