@@ -62,6 +62,13 @@ TRAINER_RECIPES: dict[str, str] = {
                                 "peak lr 5e-4 with a 1-epoch warm-up and poly decay, 15 epochs x 100 iterations of "
                                 "batch 12, 66 % foreground oversampling, modality dropout, mirroring over the "
                                 "patient's left-right axis (legal: Parotid_L/R are one label in training)",
+    "nnUNetTrainerCPU_partial_6ep": "continuation of the previous shipped model (heads matched by label name; input "
+                                    "channels matched by recipe, new ones zero-initialised): MARGINAL Dice+CE loss "
+                                    "over the labels each case annotates (training/partial_label_loss.py; Shi et al. "
+                                    "2021), deep supervision, AdamW peak lr 5e-4, 1-epoch warm-up, poly decay, "
+                                    "6 epochs x 100 iterations of batch 12, 66 % foreground oversampling, modality "
+                                    "dropout, mirroring over the patient's left-right axis (legal: Parotid_L/R are one "
+                                    "label in training)",
     "nnUNetTrainerNoMirroring": "nnU-Net's default schedule (1000 epochs x 250 iterations, SGD lr 1e-2, poly LR, "
                                 "Dice+CE with deep supervision, default augmentation) + modality dropout, NO mirroring "
                                 "in training or at inference (lateralised labels)",

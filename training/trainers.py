@@ -401,6 +401,13 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
         return out
 
 
+class nnUNetTrainerCPU_partial_6ep(nnUNetTrainerCPU_partial):
+    """The same recipe for 6 epochs x 100 iterations (1 warm-up epoch, then poly decay to 0): the length of the
+    A/B runs that fit one session on the shared 2 cores (~7-9 min per epoch with three runs at once)."""
+
+    recipe_epochs = 6
+
+
 # --- Full-length GPU recipe for lateralised labels, and its CPU smoke variant (issue 18) -------------------------
 
 
