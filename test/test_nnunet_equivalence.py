@@ -129,3 +129,30 @@ def test_seed_recipe_three_channel_model_matches_nnunet(real_ct, tmp_path):
                           0.0, sitk.sitkFloat32)
     close = np.isclose(sitk.GetArrayViewFromImage(again), built.arrays[2], atol=1e-3)
     assert np.count_nonzero(~close) <= 1e-4 * close.size  # all but voxels on the MR field-of-view border
+
+
+@pytest.mark.slow
+def test_z_context_2d_model_matches_nnunet(real_ct, tmp_path):
+    """A 2-D model folder declaring the 2.5-D layout (CT, T1, CT -5 / -2.5 / +2.5 / +5 mm): our channel builder
+    and predictor vs nnU-Net 2.8.1 given the six channel files of those arrays (context channels normalised as CT,
+    as their name asks). The case has no MR: the T1 channel is the dropout fill."""
+    from preprocessing.channels import Z_CONTEXT_PLAN, prepare_case_channels
+
+    ct = real_ct[20:110, 20:110, 40:100]
+    model_dir = make_test_model(tmp_path / "model", folds=2, channel_names=[r.name for r in Z_CONTEXT_PLAN.recipes],
+                                spacing_zyx=(2.5, 4.0, 4.0), patch_size=(64, 64), features=(8, 16, 32),
+                                mirror_axes=(0, 1), dataset_extra=Z_CONTEXT_PLAN.dataset_json_keys())
+    model = load_model_folder(model_dir)
+    assert model.channel_plan == Z_CONTEXT_PLAN
+    built = prepare_case_channels(ct, None, model.channel_plan)
+    assert len(built.arrays) == 6 and not np.array_equal(built.arrays[0], built.arrays[4])
+    ours = Predictor(model, torch.device("cpu"), PredictorOptions(use_mirroring=True, progress=False)).predict(
+        built.arrays, ct.GetSpacing())
+    files = [write_image(np.asarray(a), tmp_path / "channels" / f"case_{i:04d}.nii.gz", like=ct)
+             for i, a in enumerate(built.arrays)]
+    reference = np.asarray(model_to_hanseg_lookup(model.labels), dtype=np.uint8)[
+        nnunet_predict(model_dir, files, tmp_path / "nnunet", folds=(0, 1), use_mirroring=True)]
+    used = sorted(set(np.unique(ours)) | set(np.unique(reference)) - {0})
+    assert len(used) >= 5, used
+    dice = per_label_dice(ours, reference, used)
+    assert min(dice.values()) >= DICE_BAR, dice
