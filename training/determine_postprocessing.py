@@ -162,17 +162,15 @@ def write_decision(model: Path, names: Sequence[str]) -> None:
 def card_section(model: Path, table_markdown: str, chosen: Sequence[str]) -> None:
     """Put the decision and its table into the model card (the section is added before the held-out one if the
     card predates it)."""
-    from training.model_card import POSTPROCESSING_PLACEHOLDER, POSTPROCESSING_SECTION, fill_section
+    from training.model_card import (
+        POSTPROCESSING_PLACEHOLDER,
+        POSTPROCESSING_SECTION,
+        POSTPROCESSING_TITLE,
+        ensure_section,
+        fill_section,
+    )
 
-    card = model / "README.md"
-    text = card.read_text()
-    if f"<!-- {POSTPROCESSING_SECTION}:begin -->" not in text:
-        section = (f"## Post-processing (largest connected component per OAR; dataset.json `largest_component`)\n"
-                   f"<!-- {POSTPROCESSING_SECTION}:begin -->\n{POSTPROCESSING_PLACEHOLDER}\n"
-                   f"<!-- {POSTPROCESSING_SECTION}:end -->\n\n")
-        anchor = "## Held-out evaluation"
-        text = text.replace(anchor, section + anchor, 1) if anchor in text else text + "\n" + section
-        card.write_text(text)
+    ensure_section(model, POSTPROCESSING_SECTION, POSTPROCESSING_TITLE, POSTPROCESSING_PLACEHOLDER)
     applied = ", ".join(chosen) if chosen else "none"
     fill_section(model, POSTPROCESSING_SECTION, f"Applied to: **{applied}** (nnU-Net's rule: kept where the "
                  f"cross-validation mean Dice does not drop; `training.determine_postprocessing`).\n\n"

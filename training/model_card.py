@@ -210,7 +210,12 @@ Curve (iterations = epochs x 100; minutes are wall time on the shared machine, b
 
 {curve_markdown(curves, every=5)}
 
-## Post-processing (largest connected component per OAR; dataset.json `largest_component`)
+## {AB_TITLE}
+<!-- ab:begin -->
+{AB_PLACEHOLDER}
+<!-- ab:end -->
+
+## {POSTPROCESSING_TITLE}
 <!-- postprocessing:begin -->
 {POSTPROCESSING_PLACEHOLDER}
 <!-- postprocessing:end -->
@@ -242,11 +247,28 @@ def fill_section(out: Path, name: str, markdown: str) -> None:
     card.write_text(f"{head}{begin}\n{markdown.strip()}\n{end}{tail}")
 
 
+def ensure_section(out: Path, name: str, title: str, placeholder: str,
+                   before: str = "## Held-out evaluation") -> None:
+    """Add the section ``## {title}`` with ``name`` markers and ``placeholder`` to ``out/README.md`` if the card
+    predates it (before the ``before`` heading, else at the end); a card that has it is left as it is."""
+    card = out / "README.md"
+    text = card.read_text()
+    if f"<!-- {name}:begin -->" in text:
+        return
+    section = f"## {title}\n<!-- {name}:begin -->\n{placeholder}\n<!-- {name}:end -->\n\n"
+    text = text.replace(before, section + before, 1) if before in text else text + "\n" + section
+    card.write_text(text)
+
+
 def fill_heldout(out: Path, markdown: str) -> None:
     """Replace the held-out section of ``out/README.md`` with ``markdown``."""
     fill_section(out, "heldout", markdown)
 
 
+AB_SECTION = "ab"
+AB_TITLE = "A/B: each recipe change against its control (cross-validation, same fold, same iterations)"
+AB_PLACEHOLDER = "Not measured for this model (`python -m training.ab_table` fills it)."
 POSTPROCESSING_SECTION = "postprocessing"
+POSTPROCESSING_TITLE = "Post-processing (largest connected component per OAR; dataset.json `largest_component`)"
 POSTPROCESSING_PLACEHOLDER = ("Not determined: `python -m training.determine_postprocessing --model weights --write` "
                               "decides it on cross-validation cases.")
