@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from model.model_folder import ModelFolder
+from preprocessing.channels import DeferredChannel
 from preprocessing.cropping import nonzero_box
 from preprocessing.normalization import normalize_channel
 from preprocessing.resampling import compute_new_shape, resample_data
@@ -81,7 +82,10 @@ def preprocess_case(
     transpose = list(model.transpose_forward)
     # One channel at a time, so that only one full-size float32 copy exists at once (HaN-Seg CTs: 0.8 GB each);
     # the channels themselves may be any dtype (the CT stays int16 until its crop is taken).
-    arrays = [np.asarray(c).transpose(transpose) for c in channels]
+    # A DeferredChannel (a z-context channel of preprocessing.channels) is computed when read, and read twice
+    # (non-zero mask, then normalisation), never kept.
+    arrays = [c.transposed(transpose) if isinstance(c, DeferredChannel) else np.asarray(c).transpose(transpose)
+              for c in channels]
     spacing_zyx = list(spacing_xyz)[::-1]
     original_spacing = tuple(float(spacing_zyx[t]) for t in transpose)
     shape_before = tuple(arrays[0].shape)
@@ -95,7 +99,7 @@ def preprocess_case(
     data = np.empty((len(arrays), *new_shape), dtype=np.float32)
     for c, (array, scheme) in enumerate(zip(arrays, config.normalization_schemes)):
         props = model.intensity_properties(c) if scheme == "CTNormalization" else None
-        channel = np.array(array[bbox], dtype=np.float32)  # a copy: normalised in place
+        channel = np.array(np.asarray(array)[bbox], dtype=np.float32)  # a copy: normalised in place
         channel = normalize_channel(channel, scheme, config.use_mask_for_norm[c], mask, props)
         data[c] = resample_data(
             channel[None],

@@ -34,8 +34,9 @@ Images are SimpleITK (x, y, z, mm); arrays are numpy (z, y, x).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -323,12 +324,40 @@ def mr_on_ct_grid(ct: sitk.Image, mr: sitk.Image | None, mode: str = DEFAULT_REG
 # Channel arrays
 
 
-def channel_arrays(plan: ChannelPlan, ct: sitk.Image, mr_on_ct: sitk.Image | None) -> list[np.ndarray]:
+class DeferredChannel:
+    """A channel computed each time it is read (``np.asarray(channel)``), so that a model's several derived channels
+    of a large CT (a HaN-Seg CT's z-context channel is 0.8-1.3 GB of float32 each) never all exist at once: the
+    preprocessing reads one channel at a time. ``shape`` and ``dtype`` are known without computing it."""
+
+    def __init__(self, compute: Callable[[], np.ndarray], shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self._compute = compute
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        array = self._compute()
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def transposed(self, axes: Sequence[int]) -> DeferredChannel:
+        """The same channel with its axes permuted (numpy ``transpose``), still deferred."""
+        axes = tuple(axes)
+        return DeferredChannel(lambda: np.asarray(self).transpose(axes), tuple(self.shape[a] for a in axes),
+                               self.dtype)
+
+
+ChannelArray = np.ndarray | DeferredChannel
+"""A channel as :func:`channel_arrays` gives it: an array, or (``deferred=True``) a :class:`DeferredChannel`."""
+
+
+def channel_arrays(plan: ChannelPlan, ct: sitk.Image, mr_on_ct: sitk.Image | None,
+                   deferred: bool = False) -> list[ChannelArray]:
     """The model's input arrays (numpy z, y, x; channel order), all on the CT grid.
 
     The raw CT and the T1 are read-only VIEWS into the images (the caller keeps the images alive while the arrays
     are used; a HaN-Seg CT copy is 0.4-0.8 GB); a window is a new float32 array; a T1-derived channel without an
-    MR is a lazily allocated array of :data:`MR_DROPOUT_FILL`.
+    MR is a lazily allocated array of :data:`MR_DROPOUT_FILL`. With ``deferred`` a z-context channel is a
+    :class:`DeferredChannel` (computed when the preprocessing reads it; inference), else an array (converters).
     """
     ct_arr = sitk.GetArrayViewFromImage(ct)
     mr_arr = sitk.GetArrayViewFromImage(mr_on_ct) if mr_on_ct is not None else None
@@ -338,14 +367,26 @@ def channel_arrays(plan: ChannelPlan, ct: sitk.Image, mr_on_ct: sitk.Image | Non
     for recipe in plan.recipes:
         if recipe.source == "CT":
             clip = recipe.clip_hu
-            source = ct_arr if not recipe.z_offset_mm else shifted_superior(ct, ct_arr, recipe.z_offset_mm)
-            arrays.append(source if clip is None else np.clip(source, *clip, dtype=np.float32))
+            if recipe.z_offset_mm and deferred:
+                arrays.append(DeferredChannel(partial(_context_channel, ct, ct_arr, recipe), ct_arr.shape,
+                                              np.float32))
+            elif recipe.z_offset_mm:
+                arrays.append(_context_channel(ct, ct_arr, recipe))
+            else:
+                arrays.append(ct_arr if clip is None else np.clip(ct_arr, *clip, dtype=np.float32))
         elif mr_arr is not None:
             arrays.append(mr_arr)
         else:  # np.zeros maps untouched pages to the kernel's zero page: no resident memory until written
             arrays.append(np.zeros(ct_arr.shape, np.float32) if MR_DROPOUT_FILL == 0 else
                           np.full(ct_arr.shape, MR_DROPOUT_FILL, dtype=np.float32))
     return arrays
+
+
+def _context_channel(ct: sitk.Image, ct_arr: np.ndarray, recipe: ChannelRecipe) -> np.ndarray:
+    """A z-context channel: the CT ``recipe.z_offset_mm`` toward the head, then the recipe's window (if any)."""
+    shifted = shifted_superior(ct, ct_arr, recipe.z_offset_mm)
+    clip = recipe.clip_hu
+    return shifted if clip is None else np.clip(shifted, *clip, out=shifted)
 
 
 def superior_axis(image: sitk.Image) -> tuple[int, float]:
@@ -443,7 +484,7 @@ class CaseChannels:
     """A case's model input on the CT grid: ``arrays`` (numpy z, y, x, channel order; views into ``mr_on_ct`` and
     the CT where possible, so keep them alive), the MR decision, and the registered MR (None: dropout fill)."""
 
-    arrays: list[np.ndarray]
+    arrays: list[ChannelArray]
     decision: MrDecision
     mr_on_ct: sitk.Image | None = None
 
@@ -456,17 +497,17 @@ def prepare_case_channels(ct: sitk.Image, mr: sitk.Image | None, plan: ChannelPl
     if not plan.uses_mr:
         if mr is not None:
             log.info("model has no MR channel: %s is not used", mr_source)
-        return CaseChannels(channel_arrays(plan, ct, None), MrDecision(MR_NOT_IN_MODEL))
+        return CaseChannels(channel_arrays(plan, ct, None, deferred=True), MrDecision(MR_NOT_IN_MODEL))
     if mr is None:
         log.warning("no T1 MR: predicting from the CT alone")
-        return CaseChannels(channel_arrays(plan, ct, None), MrDecision(MR_ABSENT))
+        return CaseChannels(channel_arrays(plan, ct, None, deferred=True), MrDecision(MR_ABSENT))
     try:
         check_scan_geometry(mr, mr_source, "T1 MR")
         mr = repair_intensities(mr, mr_source, "T1 MR", repair=False)  # any non-finite voxel: the MR is dropped
         check_not_a_ct(mr, mr_source)
     except InputError as err:
         log.warning("%s: predicting from the CT alone", err)
-        return CaseChannels(channel_arrays(plan, ct, None), MrDecision(MR_DROPPED, reason=err.problem))
+        return CaseChannels(channel_arrays(plan, ct, None, deferred=True), MrDecision(MR_DROPPED, reason=err.problem))
     result = mr_on_ct_grid(ct, mr, plan.mr_registration)
     seconds = float(result.rigid.seconds) if result.rigid is not None else 0.0
     if result.image is None:
@@ -474,15 +515,15 @@ def prepare_case_channels(ct: sitk.Image, mr: sitk.Image | None, plan: ChannelPl
                     mr_source, result.reason)
         decision = MrDecision(MR_DROPPED, reason=result.reason, metrics=result.metrics,
                               ct_to_mr=result.rigid.ct_to_mr if result.rigid is not None else None, seconds=seconds)
-        return CaseChannels(channel_arrays(plan, ct, None), decision)
+        return CaseChannels(channel_arrays(plan, ct, None, deferred=True), decision)
     if not np.isfinite(sitk.GetArrayViewFromImage(result.image)).all():
         reason = "T1 MR has NaN/inf values once resampled onto the CT"
         log.warning("%s: %s: predicting from the CT alone", mr_source, reason)
-        return CaseChannels(channel_arrays(plan, ct, None), MrDecision(MR_DROPPED, reason=reason))
+        return CaseChannels(channel_arrays(plan, ct, None, deferred=True), MrDecision(MR_DROPPED, reason=reason))
     log.info("MR registered to CT (%s) in %.1f s", plan.mr_registration, seconds)
     decision = MrDecision(MR_USED, metrics=result.metrics, ct_to_mr=result.ct_to_mr, seconds=seconds,
                           stages=result.transforms())
-    return CaseChannels(channel_arrays(plan, ct, result.image), decision, result.image)
+    return CaseChannels(channel_arrays(plan, ct, result.image, deferred=True), decision, result.image)
 
 
 MR_HU_AIR_THRESHOLD = -200.0

@@ -11,9 +11,9 @@ from scipy.ndimage import binary_fill_holes
 def nonzero_mask(data: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """Voxels that are non-zero in any channel (``(C, *spatial)`` data or a list of same-shape channels), with
     enclosed holes filled."""
-    mask = data[0] != 0
-    for channel in data[1:]:
-        mask |= channel != 0
+    mask = np.asarray(data[0]) != 0
+    for channel in data[1:]:  # np.asarray: a deferred channel (preprocessing.channels) is computed here, then freed
+        mask |= np.asarray(channel) != 0
     return binary_fill_holes(mask)
 
 

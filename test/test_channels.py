@@ -268,3 +268,31 @@ def test_continuation_init_matches_heads_by_name_and_input_channels_by_recipe(tm
         torch.testing.assert_close(state[key][:, :2], first)
         assert not state[key][:, 2:].any()
     assert any("new channels [2, 3, 4, 5]" in line for line in logged)
+
+
+def test_inference_defers_the_context_channels_and_preprocesses_them_as_arrays(real_ct, tmp_path):
+    """prepare_case_channels (inference) gives z-context channels as DeferredChannel (computed when the
+    preprocessing reads them, one at a time), and the model input equals that of the same channels as arrays
+    (the converters' form): same numbers, so the nnU-Net equivalence of the array form carries over."""
+    from model.model_folder import load_model_folder
+    from model.preprocess import preprocess_case
+    from preprocessing.channels import DeferredChannel, prepare_case_channels
+
+    ct = real_ct[20:100, 20:100, 40:80]
+    built = prepare_case_channels(ct, None, Z_CONTEXT_PLAN)
+    deferred = [i for i, a in enumerate(built.arrays) if isinstance(a, DeferredChannel)]
+    assert deferred == [2, 3, 4, 5]
+    assert all(built.arrays[i].shape == built.arrays[0].shape and built.arrays[i].dtype == np.float32
+               for i in deferred)
+    eager = channel_arrays(Z_CONTEXT_PLAN, ct, None)
+    assert all(isinstance(a, np.ndarray) for a in eager)
+    for i in deferred:
+        assert np.array_equal(np.asarray(built.arrays[i]), eager[i])
+    model = load_model_folder(make_test_model(
+        tmp_path / "m", folds=1, channel_names=["CT", "T1"] + ["CT"] * 4,
+        spacing_zyx=(2.5, 6.0, 6.0), patch_size=(32, 32), features=(4, 8), mirror_axes=(0, 1),
+        dataset_extra=Z_CONTEXT_PLAN.dataset_json_keys()))
+    a = preprocess_case(built.arrays, ct.GetSpacing(), model)
+    b = preprocess_case(eager, ct.GetSpacing(), model)
+    assert a.data.shape[0] == 6 and a.bbox == b.bbox
+    assert np.array_equal(a.data.numpy(), b.data.numpy())
