@@ -205,6 +205,16 @@ class FitReport:
                 "fits_host_accumulation": self.fits_host_accumulation, "fits_host": self.fits_host, "fits": self.fits}
 
 
+def ct_grid_bytes_per_voxel(model: ModelFolder) -> int:
+    """Host bytes per CT voxel of the model input before preprocessing (``preprocessing.channels``): the CT (int16),
+    the float32 crop copy the preprocessing normalises, the registered MR (float32, when the model has an MR
+    channel), every CT window (an eager float32 copy each) and one z-context channel at a time (deferred)."""
+    plan = model.channel_plan
+    windows = sum(1 for r in plan.recipes if r.source == "CT" and r.window is not None and not r.z_offset_mm)
+    context = any(r.z_offset_mm for r in plan.recipes)
+    return 2 + 4 + (4 if plan.uses_mr else 0) + 4 * windows + (4 if context else 0)
+
+
 def estimate_fit(model: ModelFolder, ct_size_xyz: Sequence[int], ct_spacing_xyz: Sequence[float], folds: int,
                  mirror_axes: Sequence[int], tile_step: float = 0.5, platform: Platform = T4) -> FitReport:
     """The platform-fit estimate of ``model`` on one CT of ``ct_size_xyz`` voxels at ``ct_spacing_xyz`` mm."""
@@ -228,7 +238,7 @@ def estimate_fit(model: ModelFolder, ct_size_xyz: Sequence[int], ct_spacing_xyz:
     device_acc = weights + activations + tile_io + device_input + device_logits + ring
     device_host_acc = weights + activations + tile_io
 
-    host_inputs = n_ct * (2 + 4 + 4) + c * n_net * 4 + n_ct  # CT int16 + float32, MR on CT grid, data, labels
+    host_inputs = n_ct * ct_grid_bytes_per_voxel(model) + c * n_net * 4 + n_ct  # CT-grid channels, data, labels
     host_logits = k * n_net * 2
     overhead = HOST_OVERHEAD_GIB * GIB
     host_summed = overhead + host_inputs + host_logits + ring + cost.parameters * 4

@@ -119,3 +119,20 @@ def test_fit_of_the_shipped_2d_model_counts_one_tile_row_per_slice() -> None:
     assert report.tiles_per_fold == report.network_shape[0] * in_plane
     assert report.network_passes == report.tiles_per_fold * n_folds * 2 ** len(axes)
     assert report.fits
+
+
+def test_host_bytes_per_ct_voxel_follow_the_declared_channels():
+    """CT int16 + its float32 crop copy, + the registered MR, + each eager CT window, + ONE deferred z-context
+    channel however many the model declares (they are computed one at a time)."""
+    from types import SimpleNamespace
+
+    from model.fit import ct_grid_bytes_per_voxel
+    from preprocessing.channels import LEGACY_PLAN, SEED_RECIPE_PLAN, Z_CONTEXT_PLAN, ChannelPlan
+
+    def per_voxel(plan):
+        return ct_grid_bytes_per_voxel(SimpleNamespace(channel_plan=plan))
+
+    assert per_voxel(ChannelPlan(LEGACY_PLAN.recipes[:1])) == 6
+    assert per_voxel(LEGACY_PLAN) == 10
+    assert per_voxel(SEED_RECIPE_PLAN) == 18
+    assert per_voxel(Z_CONTEXT_PLAN) == 14
