@@ -87,8 +87,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"Cross-validation cases of fold(s) {', '.join(result['folds'])} (never trained on by the fold that "
              "predicts them; held-out validation-pats not used), through `process.py` (CT only, the model's "
              "test-time augmentation), raw predictions; per OAR the mean Dice over the cases that annotate it "
-             f"(n: {', '.join(f'{o} {n_cases[o]}' for o in names)}). Each arm below the control: paired "
-             "difference to the control on the same cases, and cases better / worse.", "",
+             f"(n: {', '.join(f'{o} {n_cases[o]}' for o in names)}). Each arm below the first: paired "
+             "difference to the first arm on the same cases, and cases better / worse.", "",
              "| change | iterations per fold | " + " | ".join(names) + " | mean of per-OAR means |",
              "|---|---|" + "---|" * len(names) + "---|"]
     for arm in arms:
