@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_ROOT = Path(__file__).resolve().parent / "checkpoints"
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth")
+RUN_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
+"""The run folder's own files (beside ``fold_N``) that export needs and nnU-Net writes only when a fold trains."""
 
 
 def _cast_optimizer_state(state: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
@@ -74,6 +77,9 @@ def snapshot(results: Path, dest: Path = SNAPSHOT_ROOT, max_mb: float = 20.0) ->
                 (out_dir / other).unlink()
         log.info("%s: %s epoch %s -> %s (%.1f MB)", rel, src.name, ckpt.get("current_epoch"), out, size_mb)
         written.append(out)
+        for name in RUN_FILES:
+            if (fold_dir.parent / name).is_file():
+                shutil.copyfile(fold_dir.parent / name, out_dir.parent / name)
     return written
 
 
@@ -91,6 +97,9 @@ def restore(results: Path, source: Path = SNAPSHOT_ROOT) -> list[Path]:
             ckpt["optimizer_state"] = _cast_optimizer_state(ckpt["optimizer_state"], torch.float32)
         ckpt.pop("snapshot_of", None)
         fold_dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:  # a restored finished fold is not retrained, so nnU-Net would never write them
+            if (snap.parent.parent / name).is_file() and not (fold_dir.parent / name).exists():
+                shutil.copyfile(snap.parent.parent / name, fold_dir.parent / name)
         out = fold_dir / snap.name
         torch.save(ckpt, out)
         log.info("%s: restored %s (epoch %s)", rel, snap.name, ckpt.get("current_epoch"))
