@@ -56,9 +56,9 @@ SOURCES = ("CT", "T1")
 CT_NAMES = frozenset({"CT", "ct"})
 MR_NAME_KEYWORDS = ("t1", "mr", "mri")
 MR_DROPOUT_FILL = 0.0
+"""Raw value of every T1-derived channel when there is no usable MR."""
 MAX_Z_OFFSET_MM = 50.0
 """Largest ``z_offset_mm`` a recipe may declare (a context channel, not a different region)."""
-"""Raw value of every T1-derived channel when there is no usable MR."""
 
 MR_USED = "used"
 MR_ABSENT = "absent"
@@ -162,6 +162,10 @@ that nnU-Net normalises them as CT (its normalisation is chosen by channel name)
 
 NAMED_PLANS = {"ct+t1": LEGACY_PLAN, "seed": SEED_RECIPE_PLAN, "2.5d": Z_CONTEXT_PLAN}
 """The channel layouts the training converters offer (``--channels``)."""
+NAMED_PLANS_HELP = ("input channels: ct+t1 (CT as read + T1), seed (CT soft window, CT bone window, T1: the best "
+                    "published HaN-Seg recipe), or 2.5d (CT, T1, and the CT 5 / 2.5 mm below and above: z-context "
+                    "for a 2-D network)")
+"""The converters' ``--channels`` help."""
 
 
 def parse_channel_plan(dataset: Mapping[str, Any], path: str | Path = "dataset.json") -> ChannelPlan:
@@ -367,11 +371,9 @@ def channel_arrays(plan: ChannelPlan, ct: sitk.Image, mr_on_ct: sitk.Image | Non
     for recipe in plan.recipes:
         if recipe.source == "CT":
             clip = recipe.clip_hu
-            if recipe.z_offset_mm and deferred:
-                arrays.append(DeferredChannel(partial(_context_channel, ct, ct_arr, recipe), ct_arr.shape,
-                                              np.float32))
-            elif recipe.z_offset_mm:
-                arrays.append(_context_channel(ct, ct_arr, recipe))
+            if recipe.z_offset_mm:
+                context = partial(_context_channel, ct, ct_arr, recipe)
+                arrays.append(DeferredChannel(context, ct_arr.shape, np.float32) if deferred else context())
             else:
                 arrays.append(ct_arr if clip is None else np.clip(ct_arr, *clip, dtype=np.float32))
         elif mr_arr is not None:

@@ -55,7 +55,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from contract.labels import HANSEG_LABELS, HANSEG_OAR_NAMES
-from preprocessing.channels import LEGACY_PLAN, NAMED_PLANS, REGISTRATION_MODES, ChannelPlan, channel_images
+from preprocessing.channels import (
+    LEGACY_PLAN,
+    NAMED_PLANS,
+    NAMED_PLANS_HELP,
+    REGISTRATION_MODES,
+    ChannelPlan,
+    channel_images,
+)
 from training.dataset_labels import dataset_label_table
 from training.hanseg_oar_table import OarTable, find_oar_table, read_oar_table
 from training.label_availability import FILE_NAME as AVAILABILITY_FILE
@@ -70,10 +77,6 @@ CT_SUFFIX = "_IMG_CT.nrrd"
 MR_SUFFIX = "_IMG_MR_T1.nrrd"
 OAR_PATTERN = re.compile(r"^(?P<case>.+)_OAR_(?P<name>.+)\.seg\.nrrd$")
 GRID_TOLERANCE = 1e-3
-
-
-CHANNEL_PLANS = NAMED_PLANS
-"""``--channels`` choices (:data:`preprocessing.channels.NAMED_PLANS`)."""
 
 
 def find_cases(root: Path) -> dict[str, Path]:
@@ -293,15 +296,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--all-labels", action="store_true", help="all 30 OARs in dataset.json")
     parser.add_argument("--oar-table", type=Path, help="HaN-Seg's OAR_data.csv (default: found under --src)")
-    parser.add_argument("--channels", choices=sorted(CHANNEL_PLANS), default="ct+t1",
-                        help="input channels: ct+t1 (CT as read + T1), seed (CT soft window, CT bone window, "
-                             "T1: the best published HaN-Seg recipe), or 2.5d (CT, T1, and the CT 5 / 2.5 mm below "
-                             "and above: z-context for a 2-D network)")
+    parser.add_argument("--channels", choices=sorted(NAMED_PLANS), default="ct+t1", help=NAMED_PLANS_HELP)
     parser.add_argument("--mr-registration", choices=REGISTRATION_MODES, default=None,
                         help="MR registration written to dataset.json and used here (default rigid; rigid+bspline adds "
                              "the B-spline stage, which did not beat rigid on the synthetic protocol yet)")
     args = parser.parse_args(argv)
-    plan = CHANNEL_PLANS[args.channels]
+    plan = NAMED_PLANS[args.channels]
     if args.mr_registration:
         plan = ChannelPlan(plan.recipes, args.mr_registration)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

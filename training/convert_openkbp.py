@@ -24,8 +24,8 @@ registered back onto the CT by the inference registration code (see ``training.t
 an all-zero T1 channel instead. dataset.json and conversion_report.json state which.
 
 ``--channels`` picks the input layout (:data:`preprocessing.channels.NAMED_PLANS`, built by the inference channel
-builder and declared in dataset.json): ``ct+t1`` (default) or ``2.5d`` (the same two plus the CT 5 / 2.5 mm below
-and above every slice).
+builder and declared in dataset.json): ``ct+t1`` (default), ``seed`` or ``2.5d`` (CT + T1 plus the CT 5 / 2.5 mm
+below and above every slice).
 
 ``train-pats`` go to imagesTr/labelsTr (nnU-Net trains and cross-validates on them); ``validation-pats`` go to
 imagesTs/labelsTs (held out: never seen in training, used for the model card).
@@ -50,7 +50,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from contract.labels import LATERAL_PAIRS, hanseg_value
-from preprocessing.channels import LEGACY_PLAN, NAMED_PLANS, ChannelPlan, channel_images
+from preprocessing.channels import LEGACY_PLAN, NAMED_PLANS, NAMED_PLANS_HELP, ChannelPlan, channel_images
 from training.dataset_labels import (
     dataset_label_table,
     hanseg_to_dataset_lut,
@@ -279,9 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-test", action="store_true", help="skip the held-out validation-pats")
     parser.add_argument("--merge-lr", action="store_true", help="train Parotid_L/R as one label (split at inference)")
-    parser.add_argument("--channels", choices=sorted(NAMED_PLANS), default="ct+t1",
-                        help="input channels: ct+t1 (CT as read + T1) or 2.5d (CT, T1 and the CT 5 / 2.5 mm below "
-                             "and above: z-context for a 2-D network)")
+    parser.add_argument("--channels", choices=sorted(NAMED_PLANS), default="ct+t1", help=NAMED_PLANS_HELP)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     convert(args.source or default_sources(), args.out, args.dataset_id, args.name, args.t1, args.cases,

@@ -373,7 +373,8 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
         state = checkpoint["network_weights"]
         src_json = os.path.join(os.path.dirname(os.path.dirname(path)), "dataset.json")
         with open(src_json) as f:
-            src_labels = json.load(f)["labels"]
+            src_dataset = json.load(f)
+        src_labels = src_dataset["labels"]
         dst_labels = self.dataset_json["labels"]
         merged = self.dataset_json.get("lr_split", {})
         rows = []
@@ -383,9 +384,9 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
             if missing:
                 raise RuntimeError(f"{src_json}: no label {missing} to initialise {name!r} from")
             rows.append([src_labels[s] for s in sources])
-        with open(src_json) as f:
-            src_channels = channel_recipe_list(json.load(f))
-        channel_rows = matched_input_channels(src_channels, channel_recipe_list(self.dataset_json))
+        src_channels = channel_recipe_list(src_dataset)
+        dst_channels = channel_recipe_list(self.dataset_json)
+        channel_rows = matched_input_channels(src_channels, dst_channels)
         out = {}
         n_src = max(src_labels.values()) + 1
         for key, tensor in state.items():
@@ -395,7 +396,7 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
                 tensor = expand_input_channels(tensor, channel_rows)
             out[key] = tensor
         if any(r is None for r in channel_rows):
-            self.print_to_log_file(f"input channels {channel_recipe_list(self.dataset_json)}: new channels "
+            self.print_to_log_file(f"input channels {dst_channels}: new channels "
                                    f"{[i for i, r in enumerate(channel_rows) if r is None]} start with zero weights "
                                    "(the initial network computes what the init checkpoint computed)")
         return out
