@@ -2,6 +2,8 @@
 # Train (or resume) the shipped CPU model: all 203 OpenKBP cases (34 full + 169 partially labelled; train-pats for
 # training, validation-pats held out), CT + synthetic T1, Parotid_L/R merged, 2-D CPU recipe with the partial-label
 # (marginal) loss and left-right mirroring, folds 0 and 1, initialised from the previous shipped model.
+# The defaults run stage 3 of training/README.md; the shipped model (stage 5) is stage 3 continued for 600 iterations:
+#   PRETRAINED=<stage-3 weights> DATASET_ID=504 DATASET_NAME=OpenKBPHaN2D TRAINER=nnUNetTrainerCPU_partial_6ep
 #
 # Idempotent and resumable: every step is skipped when its output exists; a fold with checkpoint_final.pth and a
 # finished validation, or already exported to weights/ by the same trainer, is skipped, an unfinished fold continues from checkpoint_latest.pth (nnU-Net's --c). If the
