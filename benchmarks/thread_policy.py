@@ -10,7 +10,7 @@ matmul loop runs on the same cores (started once, killed at the end):
 
 and ``idle default`` without the competitor, for the "no more than 2x slower than idle" bar.
 
-    python -m benchmarks.thread_policy [--repeats 3] [--input sample/input]
+    python -m benchmarks.thread_policy [--repeats 3] [--input sample/input] [--only threads=1]
 
 Last line: ``RATIOS default/best busy X.XXx (best: S), default busy/idle Y.YYx``.
 """
@@ -58,16 +58,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, default=REPO / "sample" / "input")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", nargs="+", metavar="SETTING",
+                        help="busy settings to run besides 'default' (e.g. threads=1; all by default): on a machine "
+                             "where all-core runs beside a busy process take many minutes each")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     cores = len(os.sched_getaffinity(0))
-    times: dict[str, list[float]] = {name: [] for name in [*settings(cores), "idle default"]}
+    chosen = settings(cores)
+    if args.only:
+        unknown = sorted(set(args.only) - set(chosen))
+        if unknown:
+            parser.error(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(chosen)}")
+        chosen = {name: value for name, value in chosen.items() if name == "default" or name in args.only}
+    times: dict[str, list[float]] = {name: [] for name in [*chosen, "idle default"]}
     with tempfile.TemporaryDirectory(prefix="threads_") as tmp:
         for rep in range(args.repeats):
             times["idle default"].append(run_once(args.input, Path(tmp) / "idle", [], {}))
             competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR], env=dict(os.environ, OMP_NUM_THREADS="1"))
             try:
-                for name, (extra, env) in settings(cores).items():
+                for name, (extra, env) in chosen.items():
                     times[name].append(run_once(args.input, Path(tmp) / name, extra, env))
                     log.info("repeat %d %s: %.1f s", rep, name, times[name][-1])
             finally:
