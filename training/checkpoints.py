@@ -46,12 +46,21 @@ def _fold_dirs(results: Path) -> list[Path]:
     return sorted(p for p in results.glob("Dataset*/*__*__*/fold_*") if p.is_dir())
 
 
+def _copy_run_files(src_run: Path, dst_run: Path, keep_existing: bool) -> None:
+    """Copy the run folder's :data:`RUN_FILES` that ``src_run`` has into ``dst_run`` (skipping those ``dst_run``
+    already has when ``keep_existing``)."""
+    for name in RUN_FILES:
+        if (src_run / name).is_file() and not (keep_existing and (dst_run / name).exists()):
+            shutil.copyfile(src_run / name, dst_run / name)
+
+
 def snapshot(results: Path, dest: Path = SNAPSHOT_ROOT, max_mb: float = 20.0) -> list[Path]:
     """Snapshot every fold's newest checkpoint under ``results`` into ``dest``; return the written files.
 
     Folds whose snapshot would exceed ``max_mb`` are skipped with an error message.
     """
     written = []
+    runs_copied: set[Path] = set()
     for fold_dir in _fold_dirs(results):
         src = next((fold_dir / n for n in CHECKPOINT_NAMES if (fold_dir / n).is_file()), None)
         if src is None:
@@ -77,9 +86,9 @@ def snapshot(results: Path, dest: Path = SNAPSHOT_ROOT, max_mb: float = 20.0) ->
                 (out_dir / other).unlink()
         log.info("%s: %s epoch %s -> %s (%.1f MB)", rel, src.name, ckpt.get("current_epoch"), out, size_mb)
         written.append(out)
-        for name in RUN_FILES:
-            if (fold_dir.parent / name).is_file():
-                shutil.copyfile(fold_dir.parent / name, out_dir.parent / name)
+        if fold_dir.parent not in runs_copied:  # once per run, not per fold
+            _copy_run_files(fold_dir.parent, out_dir.parent, keep_existing=False)
+            runs_copied.add(fold_dir.parent)
     return written
 
 
@@ -97,9 +106,8 @@ def restore(results: Path, source: Path = SNAPSHOT_ROOT) -> list[Path]:
             ckpt["optimizer_state"] = _cast_optimizer_state(ckpt["optimizer_state"], torch.float32)
         ckpt.pop("snapshot_of", None)
         fold_dir.mkdir(parents=True, exist_ok=True)
-        for name in RUN_FILES:  # a restored finished fold is not retrained, so nnU-Net would never write them
-            if (snap.parent.parent / name).is_file() and not (fold_dir.parent / name).exists():
-                shutil.copyfile(snap.parent.parent / name, fold_dir.parent / name)
+        # a restored finished fold is not retrained, so nnU-Net would never write them
+        _copy_run_files(snap.parent.parent, fold_dir.parent, keep_existing=True)
         out = fold_dir / snap.name
         torch.save(ckpt, out)
         log.info("%s: restored %s (epoch %s)", rel, snap.name, ckpt.get("current_epoch"))
