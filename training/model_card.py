@@ -206,7 +206,7 @@ labels only the annotated labels count)
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Curve (iterations = epochs x 100; minutes are wall time on the shared machine, both folds training at once):
+Curve (iterations = epochs x 100; minutes are each fold's cumulative epoch wall time on the training machine):
 
 {curve_markdown(curves, every=5)}
 
