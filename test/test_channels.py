@@ -296,3 +296,43 @@ def test_inference_defers_the_context_channels_and_preprocesses_them_as_arrays(r
     b = preprocess_case(eager, ct.GetSpacing(), model)
     assert a.data.shape[0] == 6 and a.bbox == b.bbox
     assert np.array_equal(a.data.numpy(), b.data.numpy())
+
+
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_inflated_3d_network_is_the_2d_network_on_an_input_constant_along_z(deep_supervision):
+    """``inflate_state_dict``: a 2-D U-Net's weights in the 3-D U-Net of the same plan (strided convolutions,
+    transposed convolutions, heads) compute the 2-D network on every slice of a z-constant volume, and the weights
+    differ from a plain copy (a real volume's neighbouring slices do reach the new z taps once trained)."""
+    trainers = pytest.importorskip("training.trainers", reason="nnunetv2 is installed for training/tests only")
+    torch = pytest.importorskip("torch")
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    def unet(dim: int) -> torch.nn.Module:
+        conv, norm = (torch.nn.Conv2d, torch.nn.InstanceNorm2d) if dim == 2 else (torch.nn.Conv3d,
+                                                                                 torch.nn.InstanceNorm3d)
+        return PlainConvUNet(2, 3, (4, 8, 16), conv, 3, (1, 2, 2), 2, 3, (2, 2), True, norm,
+                             {"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU,
+                             nonlin_kwargs={"inplace": True}, deep_supervision=deep_supervision)
+
+    torch.manual_seed(0)
+    net2, net3 = unet(2).eval(), unet(3).eval()
+    with torch.no_grad():  # non-trivial norm parameters, so that a wrong copy would show
+        for p in net2.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    shapes = {k: tuple(v.shape) for k, v in net3.state_dict().items()}
+    state = trainers.inflate_state_dict(net2.state_dict(), shapes)
+    net3.load_state_dict(state, strict=True)
+    x2 = torch.randn(2, 2, 16, 16)
+    x3 = x2.unsqueeze(2).expand(2, 2, 8, 16, 16).contiguous()
+    with torch.no_grad():
+        out2, out3 = net2(x2), net3(x3)
+    if deep_supervision:
+        out2, out3 = out2[0], out3[0]
+    for z in range(8):
+        torch.testing.assert_close(out3[:, :, z], out2, rtol=1e-4, atol=1e-5)
+    conv = "encoder.stages.1.0.convs.0.conv.weight"  # a strided convolution: 2-D kernel at the centre tap only
+    assert state[conv].shape == shapes[conv] and not state[conv][:, :, [0, 2]].any()
+    up = next(k for k in state if ".transpconvs." in k and k.endswith("weight"))
+    torch.testing.assert_close(state[up][:, :, 0], state[up][:, :, 1])  # nearest-neighbour along z
+    with pytest.raises(ValueError, match="cannot be inflated"):
+        trainers.inflate_state_dict({conv: torch.zeros(8, 4, 5, 5)}, {conv: shapes[conv]})

@@ -362,7 +362,14 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
             os.environ.pop("HANSEG_INIT_FROM")
         nnUNetTrainerCPU.on_train_start(self)
         if self.current_epoch == 0 and init_from:
-            self.network.load_state_dict(self._remapped_init(init_from), strict=True)
+            state = self._remapped_init(init_from)
+            target = self.network.state_dict()
+            inflated = [k for k, v in state.items() if k in target and v.ndim + 1 == target[k].ndim]
+            if inflated:  # a 2-D checkpoint continued as a 3-D network
+                state = inflate_state_dict(state, {k: tuple(v.shape) for k, v in target.items()})
+                self.print_to_log_file(f"{len(inflated)} 2-D weights inflated to 3-D (inflate_state_dict): on an "
+                                       "input constant along z the network starts as the 2-D one, slice by slice")
+            self.network.load_state_dict(state, strict=True)
             self.print_to_log_file(f"initialised the whole network from {init_from} (HANSEG_INIT_FROM), heads "
                                    "matched by label name")
 
@@ -402,11 +409,56 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
         return out
 
 
+def inflate_state_dict(state: dict[str, torch.Tensor], target_shapes: dict[str, tuple[int, ...]]
+                       ) -> dict[str, torch.Tensor]:
+    """A 2-D U-Net's weights as the same U-Net in 3-D (I3D-style inflation), for a 3-D run started from a 2-D model.
+
+    Every weight whose target shape has one more (leading spatial, z) axis is inflated; the rest are copied:
+
+    - a convolution kernel (out, in, ky, kx) -> (out, in, kz, ky, kx) with the 2-D kernel at the CENTRE z tap and
+      zeros elsewhere (strided convolutions too: output slice i then reads input slice s * i);
+    - a transposed convolution (in, out, ky, kx) with stride = kernel -> (in, out, kz, ky, kx) with the 2-D kernel
+      copied to EVERY z tap (nearest-neighbour upsampling along z);
+    - 1 x 1 heads become 1 x 1 x 1.
+
+    On an input that is constant along z the inflated network computes exactly the 2-D network on one slice, for
+    every slice (instance normalisation then sees the same statistics); on a real volume it is a close start whose
+    z-context weights training learns. Tensor layout: torch's (channels..., z, y, x).
+
+    Raises:
+        ValueError: naming the key, if a weight is neither the target's shape nor inflatable to it.
+    """
+    out = {}
+    for key, tensor in state.items():
+        shape = target_shapes.get(key)
+        if shape is None or tuple(tensor.shape) == shape:
+            out[key] = tensor
+            continue
+        if tensor.ndim + 1 != len(shape) or tuple(tensor.shape[:2]) != shape[:2] or \
+                tuple(tensor.shape[2:]) != shape[3:]:
+            raise ValueError(f"{key}: 2-D weight {tuple(tensor.shape)} cannot be inflated to {shape}")
+        kz = shape[2]
+        inflated = tensor.new_zeros(shape)
+        if ".transpconvs." in key:
+            inflated[:, :] = tensor.unsqueeze(2)  # every z tap: nearest-neighbour along z
+        else:
+            inflated[:, :, kz // 2] = tensor
+        out[key] = inflated
+    return out
+
+
 class nnUNetTrainerCPU_partial_6ep(nnUNetTrainerCPU_partial):
     """The same recipe for 6 epochs x 100 iterations (1 warm-up epoch, then poly decay to 0): the length of the
     A/B runs that fit one session on the shared 2 cores (~7-9 min per epoch with three runs at once)."""
 
     recipe_epochs = 6
+
+
+class nnUNetTrainerCPU_partial_10ep(nnUNetTrainerCPU_partial):
+    """The same recipe for 10 epochs x 100 iterations: the A/B of a 3-D configuration (``3d_fullres``, started from
+    the 2-D model by ``inflate_state_dict``) against the 2-D one continued for the same iterations."""
+
+    recipe_epochs = 10
 
 
 # --- Full-length GPU recipe for lateralised labels, and its CPU smoke variant (issue 18) -------------------------
