@@ -53,3 +53,29 @@ def test_arms_on_different_folds_or_a_bad_report_are_refused(tmp_path):
     with pytest.raises(ValueError, match="bad.json: not a training.determine_postprocessing report"):
         ab_table.Arm.from_report("x", 1, tmp_path / "bad.json")
     assert ab_table.main(["--arm", "a", "1", str(a), "--arm", "x", "1", str(tmp_path / "bad.json")]) == 2
+
+
+def test_a_two_fold_report_is_compared_on_one_folds_cases_only(tmp_path, monkeypatch):
+    """``--folds 0``: the shipped model's report of folds 0 and 1 against a one-fold arm, on fold 0's cases; an arm
+    that never scored the fold is refused."""
+    both = _report(tmp_path / "both.json", {"pt_1": _scores(Brainstem=0.5), "pt_2": _scores(Brainstem=0.9)},
+                   folds=("0", "1"))
+    one = _report(tmp_path / "one.json", {"pt_1": _scores(Brainstem=0.7)}, folds=("0",))
+    monkeypatch.setattr(ab_table, "fold_validation_cases", lambda folds: {"0": ["pt_1"], "1": ["pt_2"]})
+    out = tmp_path / "ab.json"
+    assert ab_table.main(["--arm", "shipped", "9100", str(both), "--arm", "3-D", "10100", str(one),
+                          "--folds", "0", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["folds"] == ["0"]
+    assert result["rows"]["shipped"]["Brainstem"]["dice"] == pytest.approx(0.5)  # pt_2 (fold 1) left out
+    assert result["rows"]["3-D"]["Brainstem"]["delta"] == pytest.approx(0.2)
+    assert ab_table.main(["--arm", "a", "1", str(one), "--arm", "b", "1", str(both), "--folds", "1"]) == 2
+    with pytest.raises(ValueError, match=r"not the same cases"):  # without --folds the fold sets must match
+        ab_table.table([ab_table.Arm.from_report("a", 1, both), ab_table.Arm.from_report("b", 1, one)])
+
+
+def test_fold_validation_cases_are_the_trainers_split():
+    """The real split of the shared train-pats: 5 disjoint folds of nnU-Net's generate_crossval_split."""
+    pytest.importorskip("nnunetv2", reason="nnunetv2 is installed for training/tests only")
+    folds = ab_table.fold_validation_cases(["0", "1"])
+    assert len(folds["0"]) == 34 and len(folds["1"]) == 34 and not set(folds["0"]) & set(folds["1"])

@@ -7,7 +7,8 @@ cases both scored, and how many of those cases improved / got worse. Only cross-
 split are used: the held-out validation-pats never are (they are for the model card's final table only).
 
     python -m training.ab_table --arm "CT + T1 (control)" 600 work_dirs/ab/cv_m2_f0.json \\
-        --arm "2.5-D: + CT -5/-2.5/+2.5/+5 mm" 600 work_dirs/ab/cv_m25_f0.json [--card weights] [--json out.json]
+        --arm "2.5-D: + CT -5/-2.5/+2.5/+5 mm" 600 work_dirs/ab/cv_m25_f0.json [--folds 0] [--card weights] \\
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,19 @@ class Arm:
             return cls(name, int(iterations), tuple(str(f) for f in report["folds"]), dict(report["per_case"]))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a training.determine_postprocessing report ({exc})") from None
+
+    def on_folds(self, folds: Sequence[str], validation_cases: Mapping[str, Sequence[str]]) -> Arm:
+        """This arm restricted to the validation cases of ``folds`` (``validation_cases``: fold -> its case ids),
+        e.g. a model scored on folds 0 and 1 compared with a one-fold arm on fold 0's cases.
+
+        Raises:
+            ValueError: if the arm's report did not score one of ``folds``.
+        """
+        missing = [f for f in folds if f not in self.folds]
+        if missing:
+            raise ValueError(f"arm {self.name!r} was scored on folds {self.folds}, not on {missing}")
+        keep = {c for f in folds for c in validation_cases[f]}
+        return Arm(self.name, self.iterations, tuple(folds), {c: s for c, s in self.per_case.items() if c in keep})
 
 
 def oar_names(arms: Sequence[Arm]) -> list[str]:
@@ -103,17 +117,32 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fold_validation_cases(folds: Sequence[str]) -> dict[str, list[str]]:
+    """Fold -> its validation case ids in nnU-Net's default split of the shared OpenKBP train-pats (the split
+    ``training.determine_postprocessing`` scores)."""
+    from training.convert_openkbp import default_sources
+    from training.determine_postprocessing import crossval_validation_cases, openkbp_training_cases
+
+    ids = sorted(openkbp_training_cases(default_sources()))
+    return {f: crossval_validation_cases(ids, int(f)) for f in folds}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arm", nargs=3, action="append", required=True, metavar=("NAME", "ITERATIONS", "REPORT"),
                         help="an arm: its name, training iterations per fold, determine_postprocessing --report JSON "
                              "(the first arm is the control)")
+    parser.add_argument("--folds", nargs="+", help="compare on these folds' validation cases only (nnU-Net's "
+                        "split of the shared train-pats); default: the folds every report scored")
     parser.add_argument("--card", type=Path, help="model folder whose README.md A/B section gets the table")
     parser.add_argument("--json", type=Path, help="write the table as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         arms = [Arm.from_report(name, int(it), Path(path)) for name, it, path in args.arm]
+        if args.folds:
+            validation = fold_validation_cases(args.folds)
+            arms = [arm.on_folds(args.folds, validation) for arm in arms]
         result = table(arms)
     except ValueError as exc:
         log.error("%s", exc)
