@@ -74,7 +74,7 @@ for f in $FOLDS; do
     log "fold $f finished already"
     continue
   fi
-  log "training fold $f (continues from checkpoint_latest.pth if present), log $WORK/logs/${DS}_${TRAINER}_fold_$f.log"
+  log "training fold $f (continues from checkpoint_latest.pth if present), log $WORK/logs/${DS}_${TRAINER}_${CONFIG}_fold_$f.log"
   if [ -f "$REPO/weights/fold_$f/checkpoint_final.pth" ] && [ ! -f "$RUN_DIR/fold_$f/checkpoint_latest.pth" ] && \
      "$PYTHON" -c "import sys, torch; c = torch.load(sys.argv[1], map_location='cpu', weights_only=False); \
 sys.exit(0 if c['trainer_name'] == sys.argv[2] and c['init_args']['configuration'] == sys.argv[3] \
@@ -97,9 +97,9 @@ and c['init_args']['plans']['dataset_name'] == sys.argv[4] else 1)" \
     echo "${cmd[@]}"
     continue
   fi
-  "${cmd[@]}" >> "$WORK/logs/${DS}_${TRAINER}_fold_$f.log" 2>&1 &
+  "${cmd[@]}" >> "$WORK/logs/${DS}_${TRAINER}_${CONFIG}_fold_$f.log" 2>&1 &
   pids+=($!)
-  echo "${pids[-1]}" > "$WORK/logs/${DS}_fold_$f.pid"
+  echo "${pids[-1]}" > "$WORK/logs/${DS}_${CONFIG}_fold_$f.pid"
   # the first fold writes nnU-Net's splits_final.json; a second fold started at once read it half-written
   for _ in $(seq 300); do
     [ -s "$nnUNet_preprocessed/$DS/splits_final.json" ] || ! kill -0 "${pids[-1]}" 2>/dev/null && break
