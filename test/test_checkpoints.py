@@ -21,20 +21,29 @@ def test_snapshot_and_restore_round_trip_with_the_run_files(tmp_path):
                                                                                 "exp_avg": moments}}}},
                run / "fold_1" / "checkpoint_final.pth")
     torch.save({"network_weights": weights}, run / "fold_1" / "checkpoint_latest.pth")
+    (run / "fold_0").mkdir()  # an unfinished fold: resumable, so its optimiser state comes along
+    torch.save({"network_weights": weights, "current_epoch": 3,
+                "optimizer_state": {"param_groups": [{"lr": 0.0}], "state": {0: {"step": torch.tensor(300.0),
+                                                                                "exp_avg": moments}}}},
+               run / "fold_0" / "checkpoint_latest.pth")
     snap = tmp_path / "snap"
     written = checkpoints.snapshot(tmp_path / "results", snap)
-    assert [p.name for p in written] == ["checkpoint_final.pth"]  # the newest kind only
-    stored = torch.load(written[0], weights_only=False)
-    assert stored["optimizer_state"]["state"][0]["exp_avg"].dtype == torch.bfloat16
-    assert stored["optimizer_state"]["state"][0]["step"].dtype == torch.float32  # step kept
+    assert [p.parent.name + "/" + p.name for p in written] == ["fold_0/checkpoint_latest.pth",
+                                                               "fold_1/checkpoint_final.pth"]  # newest kind only
+    latest, final = (torch.load(p, weights_only=False) for p in written)
+    assert latest["optimizer_state"]["state"][0]["exp_avg"].dtype == torch.bfloat16
+    assert latest["optimizer_state"]["state"][0]["step"].dtype == torch.float32  # step kept
+    assert final["optimizer_state"] is None  # a finished fold is never resumed: weights only
     fresh = tmp_path / "fresh"
     restored = checkpoints.restore(fresh, snap)
     out = fresh / run.relative_to(tmp_path / "results")
-    assert restored == [out / "fold_1" / "checkpoint_final.pth"]
-    back = torch.load(restored[0], weights_only=False)
+    assert restored == [out / "fold_0" / "checkpoint_latest.pth", out / "fold_1" / "checkpoint_final.pth"]
+    back_latest, back = (torch.load(p, weights_only=False) for p in restored)
     assert torch.equal(back["network_weights"]["w"], weights["w"]) and "snapshot_of" not in back
-    assert back["optimizer_state"]["state"][0]["exp_avg"].dtype == torch.float32
-    torch.testing.assert_close(back["optimizer_state"]["state"][0]["exp_avg"], moments, rtol=1e-2, atol=1e-2)
+    assert back["current_epoch"] == 6 and back["optimizer_state"] is None
+    assert back_latest["optimizer_state"]["state"][0]["exp_avg"].dtype == torch.float32
+    torch.testing.assert_close(back_latest["optimizer_state"]["state"][0]["exp_avg"], moments, rtol=1e-2,
+                               atol=1e-2)
     # the run's plans / dataset.json come along (a restored finished fold is exported, never retrained)
     assert json.loads((out / "plans.json").read_text()) == {"name": "plans.json"}
     assert (out / "dataset.json").is_file() and not (out / "dataset_fingerprint.json").exists()
