@@ -4,6 +4,8 @@
 # (marginal) loss and left-right mirroring, folds 0 and 1, initialised from the previous shipped model.
 # The defaults run stage 3 of training/README.md; the shipped model (stage 5) is stage 3 continued for 600 iterations:
 #   PRETRAINED=<stage-3 weights> DATASET_ID=504 DATASET_NAME=OpenKBPHaN2D TRAINER=nnUNetTrainerCPU_partial_6ep
+# CONFIG=3d_fullres with a 2-D PRETRAINED model starts the 3-D network from it (weights inflated along z; stage 6):
+#   PRETRAINED=weights DATASET_ID=504 DATASET_NAME=OpenKBPHaN2D TRAINER=nnUNetTrainerCPU_partial_10ep CONFIG=3d_fullres
 #
 # Idempotent and resumable: every step is skipped when its output exists; a fold with checkpoint_final.pth and a
 # finished validation, or already exported to weights/ by the same trainer, is skipped, an unfinished fold continues from checkpoint_latest.pth (nnU-Net's --c). If the
