@@ -248,7 +248,8 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
       merged labels by the mid-sagittal plane after export). Without ``lr_split``, no mirroring, as nnUNetTrainerCPU.
     - **Initialisation** (``HANSEG_INIT_FROM``, first start only) from a checkpoint of another label set: network
       weights are copied, and the segmentation heads' rows are matched BY NAME (init checkpoint's dataset.json
-      labels); a merged label starts from the mean of its two sides' rows.
+      labels); a merged label starts from the mean of its two sides' rows. A 2-D checkpoint continued in a 3-D
+      configuration of the same U-Net is inflated along z (``inflate_state_dict``).
     - Schedule: 15 epochs x 100 iterations, AdamW peak lr 5e-4, 1 warm-up epoch (continuation of a trained model;
       planned as 30, cut to 20 at epoch 1 and to 15 at epoch 6 of the shipped run: 230-370 s per epoch on the
       2 cores shared with seven other jobs).
