@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from contract.errors import ModelFolderError, OutputError
 from training import export_model
@@ -120,3 +121,19 @@ def test_good_export_swaps_whole_folder_and_keeps_the_previous_one(setup: tuple[
 
     assert [f.name for f in load_model_folder(weights).folds] == ["0"]
     assert (weights / "fold_0" / "checkpoint_final.pth").read_bytes() != b""
+
+
+def test_size_budget_counts_shared_weights_once_as_torch_save_writes_them(tmp_path):
+    """nnU-Net's U-Net lists each encoder weight under several keys; the export budget must count what the file
+    holds (a 3-D fold was refused at 68.7 MB counted for a 21.6 MB file)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    net = PlainConvUNet(2, 3, (8, 16, 32), torch.nn.Conv3d, 3, (1, 2, 2), 2, 3, (2, 2), True, torch.nn.InstanceNorm3d,
+                        {"affine": True}, nonlin=torch.nn.LeakyReLU)
+    state = net.state_dict()
+    per_key = sum(t.numel() * t.element_size() for t in state.values()) / 2**20
+    torch.save(state, tmp_path / "w.pth")
+    on_disk = (tmp_path / "w.pth").stat().st_size / 2**20
+    counted = export_model.tensor_megabytes(state)
+    assert counted <= on_disk < counted + 0.2  # the file is the tensors plus a little pickle
+    assert per_key > 2 * counted  # the aliases the old per-key sum counted again
