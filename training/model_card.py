@@ -69,6 +69,14 @@ TRAINER_RECIPES: dict[str, str] = {
                                     "6 epochs x 100 iterations of batch 12, 66 % foreground oversampling, modality "
                                     "dropout, mirroring over the patient's left-right axis (legal: Parotid_L/R are one "
                                     "label in training)",
+    "nnUNetTrainerCPU_partial_10ep": "continuation of the previous shipped model (heads matched by label name; a 2-D"
+                                     " checkpoint continued in a 3-D configuration is inflated along z: each 2-D "
+                                     "kernel at the centre z tap, training/trainers.py inflate_state_dict): MARGINAL"
+                                     " Dice+CE loss over the labels each case annotates "
+                                     "(training/partial_label_loss.py; Shi et al. 2021), deep supervision, AdamW "
+                                     "peak lr 5e-4, 1-epoch warm-up, poly decay, 10 epochs x 100 iterations, 66 % "
+                                     "foreground oversampling, modality dropout, mirroring over the patient's left-"
+                                     "right axis (legal: Parotid_L/R are one label in training)",
     "nnUNetTrainerNoMirroring": "nnU-Net's default schedule (1000 epochs x 250 iterations, SGD lr 1e-2, poly LR, "
                                 "Dice+CE with deep supervision, default augmentation) + modality dropout, NO mirroring "
                                 "in training or at inference (lateralised labels)",
