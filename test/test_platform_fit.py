@@ -107,16 +107,21 @@ def test_documented_recipe_variant_fits(tmp_path: Path) -> None:
     assert report.host_peak_fold_copies_gib <= report.host_limit_gib
 
 
-def test_fit_of_the_shipped_2d_model_counts_one_tile_row_per_slice() -> None:
+def test_fit_of_the_shipped_model_counts_its_tiles() -> None:
+    """The shipped model's estimate: nnU-Net's tile count at step 0.5 (per axis ceil((size - patch) / (patch / 2))
+    + 1; a 2-D model: one tile row per slice), times folds and mirrorings, and it fits the platform."""
     weights = Path(__file__).resolve().parents[1] / "weights"
     model, n_folds, axes = fit.model_from_plans(weights)
     checkpoint = torch.load(weights / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     allowed = checkpoint.get("inference_allowed_mirroring_axes")
-    assert model.configuration.is_2d and axes == (() if allowed is None else tuple(allowed))  # read from the folds
+    assert axes == (() if allowed is None else tuple(allowed))  # read from the folds
     report = fit.estimate_fit(model, (128, 128, 128), (3.9, 3.9, 2.5), folds=n_folds, mirror_axes=axes)
-    in_plane = math.prod(math.ceil((max(s, p) - p) / (p * 0.5)) + 1
-                         for s, p in zip(report.network_shape[1:], model.configuration.patch_size))
-    assert report.tiles_per_fold == report.network_shape[0] * in_plane
+    patch = tuple(model.configuration.patch_size)
+    shape = report.network_shape[1:] if model.configuration.is_2d else report.network_shape
+    tiles = math.prod(math.ceil((max(s, p) - p) / (p * 0.5)) + 1 for s, p in zip(shape, patch))
+    if model.configuration.is_2d:
+        tiles *= report.network_shape[0]
+    assert report.tiles_per_fold == tiles
     assert report.network_passes == report.tiles_per_fold * n_folds * 2 ** len(axes)
     assert report.fits
 
