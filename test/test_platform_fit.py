@@ -117,11 +117,10 @@ def test_fit_of_the_shipped_model_counts_its_tiles() -> None:
     assert axes == (() if allowed is None else tuple(allowed))  # read from the folds
     report = fit.estimate_fit(model, (128, 128, 128), (3.9, 3.9, 2.5), folds=n_folds, mirror_axes=axes)
     patch = tuple(model.configuration.patch_size)
-    shape = report.network_shape[1:] if model.configuration.is_2d else report.network_shape
-    tiles = math.prod(math.ceil((max(s, p) - p) / (p * 0.5)) + 1 for s, p in zip(shape, patch))
-    if model.configuration.is_2d:
-        tiles *= report.network_shape[0]
-    assert report.tiles_per_fold == tiles
+    untiled = report.network_shape[:-len(patch)]  # a 2-D model's slices; nothing for a 3-D one
+    tiled = report.network_shape[-len(patch):]
+    assert report.tiles_per_fold == math.prod(untiled) * math.prod(
+        math.ceil((max(s, p) - p) / (p * 0.5)) + 1 for s, p in zip(tiled, patch))
     assert report.network_passes == report.tiles_per_fold * n_folds * 2 ** len(axes)
     assert report.fits
 

@@ -51,6 +51,16 @@ def curve_markdown(curves: dict[str, Any], every: int = 3) -> str:
     return "\n".join(lines)
 
 
+def _partial_continuation(initialisation: str, schedule: str) -> str:
+    """The recipe sentence of a partial-label continuation trainer (``nnUNetTrainerCPU_partial`` subclasses):
+    ``initialisation`` says how the previous model's weights were carried over, ``schedule`` the epochs."""
+    return (f"continuation of the previous shipped model (heads matched by label name; {initialisation}): MARGINAL "
+            "Dice+CE loss over the labels each case annotates (training/partial_label_loss.py; Shi et al. 2021), deep "
+            f"supervision, AdamW peak lr 5e-4, 1-epoch warm-up, poly decay, {schedule}, 66 % foreground "
+            "oversampling, modality dropout, mirroring over the patient's left-right axis (legal: Parotid_L/R are one "
+            "label in training)")
+
+
 TRAINER_RECIPES: dict[str, str] = {
     "nnUNetTrainerCPU": "AdamW lr 1e-3, warm-up + poly LR, Dice+CE with deep supervision, 66 % foreground "
                         "oversampling, no mirroring (lateralised labels), modality dropout; 30 epochs x 100 iterations",
@@ -62,21 +72,11 @@ TRAINER_RECIPES: dict[str, str] = {
                                 "peak lr 5e-4 with a 1-epoch warm-up and poly decay, 15 epochs x 100 iterations of "
                                 "batch 12, 66 % foreground oversampling, modality dropout, mirroring over the "
                                 "patient's left-right axis (legal: Parotid_L/R are one label in training)",
-    "nnUNetTrainerCPU_partial_6ep": "continuation of the previous shipped model (heads matched by label name; input "
-                                    "channels matched by recipe, new ones zero-initialised): MARGINAL Dice+CE loss "
-                                    "over the labels each case annotates (training/partial_label_loss.py; Shi et al. "
-                                    "2021), deep supervision, AdamW peak lr 5e-4, 1-epoch warm-up, poly decay, "
-                                    "6 epochs x 100 iterations of batch 12, 66 % foreground oversampling, modality "
-                                    "dropout, mirroring over the patient's left-right axis (legal: Parotid_L/R are one "
-                                    "label in training)",
-    "nnUNetTrainerCPU_partial_10ep": "continuation of the previous shipped model (heads matched by label name; a 2-D"
-                                     " checkpoint continued in a 3-D configuration is inflated along z: each 2-D "
-                                     "kernel at the centre z tap, training/trainers.py inflate_state_dict): MARGINAL"
-                                     " Dice+CE loss over the labels each case annotates "
-                                     "(training/partial_label_loss.py; Shi et al. 2021), deep supervision, AdamW "
-                                     "peak lr 5e-4, 1-epoch warm-up, poly decay, 10 epochs x 100 iterations, 66 % "
-                                     "foreground oversampling, modality dropout, mirroring over the patient's left-"
-                                     "right axis (legal: Parotid_L/R are one label in training)",
+    "nnUNetTrainerCPU_partial_6ep": _partial_continuation(
+        "input channels matched by recipe, new ones zero-initialised", "6 epochs x 100 iterations of batch 12"),
+    "nnUNetTrainerCPU_partial_10ep": _partial_continuation(
+        "a 2-D checkpoint continued in a 3-D configuration is inflated along z: each 2-D kernel at the centre z tap, "
+        "training/trainers.py inflate_state_dict", "10 epochs x 100 iterations"),
     "nnUNetTrainerNoMirroring": "nnU-Net's default schedule (1000 epochs x 250 iterations, SGD lr 1e-2, poly LR, "
                                 "Dice+CE with deep supervision, default augmentation) + modality dropout, NO mirroring "
                                 "in training or at inference (lateralised labels)",
