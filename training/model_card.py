@@ -77,6 +77,8 @@ TRAINER_RECIPES: dict[str, str] = {
     "nnUNetTrainerCPU_partial_10ep": _partial_continuation(
         "a 2-D checkpoint continued in a 3-D configuration is inflated along z: each 2-D kernel at the centre z tap, "
         "training/trainers.py inflate_state_dict", "10 epochs x 100 iterations"),
+    "nnUNetTrainerCPU_partial_10ep_round2": _partial_continuation(
+        "the previous 3-D model's weights as they are", "10 more epochs x 100 iterations"),
     "nnUNetTrainerNoMirroring": "nnU-Net's default schedule (1000 epochs x 250 iterations, SGD lr 1e-2, poly LR, "
                                 "Dice+CE with deep supervision, default augmentation) + modality dropout, NO mirroring "
                                 "in training or at inference (lateralised labels)",

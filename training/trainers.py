@@ -462,6 +462,12 @@ class nnUNetTrainerCPU_partial_10ep(nnUNetTrainerCPU_partial):
     recipe_epochs = 10
 
 
+class nnUNetTrainerCPU_partial_10ep_round2(nnUNetTrainerCPU_partial_10ep):
+    """The 10-epoch recipe again, started from the shipped 3-D model (``PRETRAINED=weights``, ``CONFIG=3d_fullres``):
+    1,000 more iterations per fold with the same warm-up and poly decay (stage 8). Its own class name only so that
+    its run folder is not the shipped run's (``run_shipped_model.sh`` skips a fold already exported by its trainer)."""
+
+
 # --- Full-length GPU recipe for lateralised labels, and its CPU smoke variant (issue 18) -------------------------
 
 
