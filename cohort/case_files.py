@@ -24,10 +24,14 @@ log = logging.getLogger("process")
 
 def apply_threads(threads: int | None) -> int:
     """Set torch's CPU threads once for the whole run: ``threads``, else the usable cores that no other process
-    is busy on at start-up (:func:`model.cpu_threads.default_threads`)."""
+    is busy on at start-up (:func:`model.cpu_threads.default_threads`); and keep freed tensor memory in the heap
+    (:func:`model.cpu_heap.keep_freed_memory`)."""
     import torch
 
+    from model.cpu_heap import keep_freed_memory
     from model.cpu_threads import default_threads
+
+    log.info("CPU memory: %s", keep_freed_memory().describe())
 
     if threads:
         n = threads
@@ -55,7 +59,18 @@ def run_case(case: CaseInputs, output_path: Path, model, options: Settings,  # n
              deadline: float | None = None) -> None:
     """Segment one case (:func:`hanseg.segment`) and write its label map atomically to ``output_path``; the QA
     output and the run record too, when asked for. ``deadline``: ``time.monotonic()`` by which the case must be
-    done (None: the time budget from now)."""
+    done (None: the time budget from now). Afterwards, done or failed, the case's freed memory goes back to the
+    system (:func:`model.cpu_heap.release_freed_memory`)."""
+    from model.cpu_heap import release_freed_memory
+
+    try:
+        _run_case(case, output_path, model, options, deadline)
+    finally:
+        release_freed_memory()
+
+
+def _run_case(case: CaseInputs, output_path: Path, model, options: Settings,  # noqa: ANN001
+              deadline: float | None) -> None:
     from hanseg.api import segment
     from hanseg.record import write_record
 

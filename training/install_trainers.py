@@ -26,6 +26,7 @@ INSTALLED_NAME = "hanseg_trainers.py"
 MODULES: dict[Path, str] = {
     SOURCE: INSTALLED_NAME,
     SOURCE.parent / "partial_label_loss.py": "hanseg_partial_label_loss.py",  # imported by the trainers
+    SOURCE.parents[1] / "model" / "cpu_heap.py": "hanseg_cpu_heap.py",  # imported by the trainers (stdlib only)
 }
 """Repository module -> name inside ``nnunetv2/training/nnUNetTrainer/`` (the trainers and what they import)."""
 

@@ -2,7 +2,8 @@
 
 This module is linked or copied into the installed ``nnunetv2/training/nnUNetTrainer/`` package as
 ``hanseg_trainers.py``, because nnU-Net finds trainers by class name inside that package (both ``nnUNetv2_train -tr``
-and its predictor). It must therefore import nothing from this project: only torch, numpy and nnunetv2.
+and its predictor). It must therefore import nothing from this project but the modules installed beside it
+(``training.install_trainers``): only torch, numpy, nnunetv2 and the standard library.
 
 None of these trainers changes network construction: the network is rebuilt from plans.json alone at inference.
 
@@ -33,6 +34,11 @@ import os
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+try:  # the installed copy inside nnunetv2 (training.install_trainers) sits beside a copy of model/cpu_heap.py
+    from .hanseg_cpu_heap import keep_freed_memory
+except ImportError:  # imported from the repository
+    from model.cpu_heap import keep_freed_memory
 
 
 class WarmupPolyLRScheduler(torch.optim.lr_scheduler._LRScheduler):
@@ -83,7 +89,8 @@ class nnUNetTrainerModalityDropout(nnUNetTrainer):
             # each other whenever one is descheduled: measured 4.2 s vs 0.8 s per iteration (training/README.md).
             threads = int(os.environ.get("HANSEG_TORCH_THREADS", "1"))
             torch.set_num_threads(threads)
-            self.print_to_log_file(f"CPU training with {threads} torch thread(s) (HANSEG_TORCH_THREADS)")
+            self.print_to_log_file(f"CPU training with {threads} torch thread(s) (HANSEG_TORCH_THREADS); "
+                                   f"{keep_freed_memory().describe()}")
 
     def apply_modality_dropout(self, data: torch.Tensor) -> torch.Tensor:
         """Zero whole channel GROUPS per sample, in place: every MR-derived channel together, else every CT-derived
