@@ -16,7 +16,8 @@ set any ``MALLOC_*`` variable (theirs wins: ``MALLOC_MMAP_MAX_=65536``, glibc's 
 policy) and under another C library (musl, macOS: nothing to do). Its cost: freed memory is not given back to the
 system before the process ends: within a case the freed blocks are reused (measured: the sample's peak RSS 1.02 GB
 -> 1.26-1.63 GB, varying with how the blocks fragment), and :func:`release_freed_memory` hands the free pages
-back between cases (``malloc_trim``), so a cohort's memory does not grow from case to case.
+back between cases (``malloc_trim``; ``test/test_cpu_heap.py`` checks that the RSS drops), so freed memory does
+not carry from one case of a cohort to the next (a long cohort's RSS is not measured yet).
 """
 
 from __future__ import annotations
