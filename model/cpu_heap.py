@@ -23,13 +23,10 @@ not carry from one case of a cohort to the next (a long cohort's RSS is not meas
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import logging
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -51,10 +48,12 @@ class HeapChoice:
                 if self.applied else f"glibc's default allocation policy ({self.reason})")
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """This process's C library if it is glibc (it has ``gnu_get_libc_version``), else None."""
+    """This process's C library if it is glibc (it has ``gnu_get_libc_version``), else None. Looked up once, in the
+    symbols already loaded (``dlopen(NULL)``): no library search, and it is the allocator this process uses."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
     return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
