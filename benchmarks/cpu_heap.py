@@ -4,8 +4,8 @@ Arms, each ``process.py`` on the sample case in a fresh subprocess, alternating,
 ``--threads``:
 
 - ``glibc default``: ``MALLOC_MMAP_MAX_=65536`` in the environment (glibc's own default value; any ``MALLOC_*``
-  variable makes :func:`model.cpu_heap.keep_freed_memory` leave the allocator alone);
-- ``heap kept``: ``process.py`` as shipped.
+  variable makes :func:`model.cpu_heap.freed_memory_kept` leave the allocator alone);
+- ``heap kept``: ``process.py`` as shipped (freed memory kept in the heap during the tile loop).
 
 Per run: wall seconds, CPU user and system seconds of the process tree (``RUSAGE_CHILDREN``), peak RSS of the tree
 (:mod:`benchmarks.monitor`). The two arms' label maps must be voxel for voxel equal (the allocator changes where

@@ -24,14 +24,10 @@ log = logging.getLogger("process")
 
 def apply_threads(threads: int | None) -> int:
     """Set torch's CPU threads once for the whole run: ``threads``, else the usable cores that no other process
-    is busy on at start-up (:func:`model.cpu_threads.default_threads`); and keep freed tensor memory in the heap
-    (:func:`model.cpu_heap.keep_freed_memory`)."""
+    is busy on at start-up (:func:`model.cpu_threads.default_threads`)."""
     import torch
 
-    from model.cpu_heap import keep_freed_memory
     from model.cpu_threads import default_threads
-
-    log.info("CPU memory: %s", keep_freed_memory().describe())
 
     if threads:
         n = threads

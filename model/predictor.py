@@ -19,6 +19,7 @@ from tqdm import tqdm
 from contract.errors import ModelFolderError
 from contract.labels import lateral_splits, model_to_hanseg_lookup
 from model.budget import BudgetController, Plan, describe_loss, plan_for_budget, time_forward
+from model.cpu_heap import freed_memory_kept
 from model.device import autocast_for
 from model.export import labels_to_image_array, logits_to_labels
 from model.fast import fast_settings
@@ -215,8 +216,9 @@ class Predictor:
         summed = host_tensor((self.model.num_classes, *case.data.shape[1:]), torch.half, placement)
         done = 0
         accumulators: list[FoldAccumulator] = []
-        with tqdm(total=n_tiles * len(folds), desc="tiles", unit="tile", disable=not self.options.progress,
-                  mininterval=2) as bar:
+        with freed_memory_kept() as heap, tqdm(total=n_tiles * len(folds), desc="tiles", unit="tile",
+                                                disable=not self.options.progress, mininterval=2) as bar:
+            log.info("CPU memory during the tiles: %s", heap.describe())
             while done < len(folds):
                 fold = folds[done]
                 if controller is not None and done and not controller.fold_fits(n_tiles):

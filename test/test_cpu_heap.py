@@ -1,5 +1,6 @@
 """The heap policy (model/cpu_heap.py): applied on glibc, large freed blocks then stay mapped (no page faults on
-reuse), and left alone where the user set a ``MALLOC_*`` variable. Each allocator check runs in a fresh interpreter,
+reuse); within a scope (the predictor's tile loop) only, glibc's default policy back after it; left alone where the
+user set a ``MALLOC_*`` variable. Each allocator check runs in a fresh interpreter,
 so that this test process's allocator stays as it was."""
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 WORKLOAD = """
 import json, resource, sys
 import torch
-from model.cpu_heap import keep_freed_memory, release_freed_memory
+from model.cpu_heap import freed_memory_kept, keep_freed_memory, release_freed_memory
 torch.set_num_threads(1)
-applied = keep_freed_memory().applied if sys.argv[1] == "policy" else None
 net = torch.nn.Sequential(torch.nn.Conv3d(2, 16, 3, padding=1), torch.nn.LeakyReLU(), torch.nn.Conv3d(16, 8, 1))
 x = torch.randn(1, 2, 40, 64, 64)
 def rss_mb():
@@ -32,14 +32,34 @@ def rss_mb():
 def step():
     net.zero_grad()
     net(x).square().mean().backward()
-step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+def faults_of_passes():
     step()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-rss = rss_mb()
-released = release_freed_memory()
-print(json.dumps({"applied": applied, "faults": faults, "rss": rss, "rss_released": rss_mb(), "released": released}))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):
+        step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+result = {}
+def kept_after_free_mb():
+    # a 512 MB block (larger than any hole the passes left in the heap), written, then freed: how much stays resident
+    start = rss_mb()
+    block = torch.ones(2**27)
+    del block
+    return rss_mb() - start
+if sys.argv[1] == "scope":
+    with freed_memory_kept() as choice:
+        result["applied"] = choice.applied
+        result["faults"] = faults_of_passes()
+        result["rss"] = rss_mb()
+        result["kept_in_scope"] = kept_after_free_mb()
+    result["rss_after_scope"] = rss_mb()
+    result["kept_after_scope"] = kept_after_free_mb()
+else:
+    result["applied"] = keep_freed_memory().applied if sys.argv[1] == "policy" else None
+    result["faults"] = faults_of_passes()
+    result["rss"] = rss_mb()
+    result["released"] = release_freed_memory()
+    result["rss_released"] = rss_mb()
+print(json.dumps(result))
 """
 
 needs_glibc = pytest.mark.skipif(_glibc() is None, reason="the heap policy is glibc's mallopt; this C library has none")
@@ -61,6 +81,18 @@ def test_policy_stops_the_page_fault_churn_and_release_gives_the_memory_back() -
     # between cases the freed blocks go back to the system: the RSS drops by at least one freed activation
     assert policy["released"] is True
     assert policy["rss_released"] < policy["rss"] - 5, policy
+
+
+@needs_glibc
+def test_a_scope_keeps_freed_memory_inside_only_and_gives_it_back() -> None:
+    default, scope = _workload("default"), _workload("scope")
+    assert scope["applied"] is True
+    assert scope["faults"] * 2 < default["faults"], (scope, default)
+    # inside the scope a freed 512 MB block stays resident; the scope's end hands the free pages back, and after it
+    # glibc's default is back: the same block goes back to the system when freed
+    assert scope["kept_in_scope"] > 400, scope
+    assert scope["rss_after_scope"] < scope["rss"] + scope["kept_in_scope"] - 400, scope
+    assert scope["kept_after_scope"] < 50, scope
 
 
 def test_a_malloc_variable_of_the_user_wins() -> None:
