@@ -1,14 +1,17 @@
 """Resampling between the image grid and the model's configuration spacing, as nnU-Net v2 does it.
 
 Arrays are channel-first ``(C, Z, Y, X)`` in nnU-Net's transposed axis order; spacings are in mm in the same
-order. Image data use cubic splines (``scipy.ndimage.zoom`` with ``grid_mode=True``, edge mode, clipped to the
-input range: bit-identical to nnU-Net's ``skimage.transform.resize(order=3, mode="edge", anti_aliasing=False)``).
-When one axis is much coarser than the others ("separate z"), that axis is resampled with nearest neighbour and
-the others slice by slice. When an axis keeps its size (2-D configurations keep the slice axis), the 3-D spline is
-evaluated at that axis's nodes, where it reproduces the data: the result equals resampling the other axes plane by
-plane (to float64 rounding; clipped to the whole volume's range), which needs no full-size float64 spline
-coefficients (5 GB for a 1024 x 1024 x 300 CT). Logits go back with separable linear interpolation in torch
-(``resample_axis``).
+order. Image data use cubic splines with nnU-Net's boundary handling (``skimage.transform.resize(order=3,
+mode="edge", anti_aliasing=False)``, i.e. ``scipy.ndimage.zoom`` with ``grid_mode=True`` on an edge-padded array,
+clipped to the input range). The cubic spline is a tensor product, so it is computed one axis at a time
+(:func:`spline_resize`): prefilter and evaluate along one axis, a few planes at a time, then the next axis on the
+smaller result. That needs no full-size float64 spline coefficients (2.7 GB per channel of a 1024 x 1024 x 300 CT,
+5 GB with scipy's padded copy) and gives nnU-Net's numbers (``test/test_resampling.py``: bit-identical on random
+volumes and on a real CT resampled 1024 x 1024 x 300 -> 147 x 147 x 120; the float64 sums run in another order, so
+bit-identity is measured, not guaranteed: the tests would show a difference). An axis that keeps its size is left
+as it is (the spline reproduces the data at its nodes). When one axis is much coarser than the others ("separate
+z"), that axis is resampled with nearest neighbour and the others slice by slice. Logits go back with separable
+linear interpolation in torch (``resample_axis``).
 """
 
 from __future__ import annotations
@@ -62,15 +65,76 @@ def separate_z_axis(
     return int(axes[0])
 
 
+SPLINE_PAD = 12
+"""Edge voxels added on both ends of an axis before its spline prefilter (scipy's ``zoom`` does the same for
+``mode="nearest"``, so the coefficients near the border are scipy's)."""
+
+SPLINE_CHUNK_BYTES = 64 * 2**20
+"""About the most float64 spline coefficients (bytes) held at once while one axis is resampled."""
+
+
+def _cubic_bspline_weights(t: np.ndarray) -> np.ndarray:
+    """Weights of the 4 coefficients at ``floor(p) - 1 .. floor(p) + 2`` for fractional offsets ``t`` in [0, 1):
+    shape ``(len(t), 4)``."""
+    t2 = t * t
+    t3 = t2 * t
+    return np.stack([(1 - t) ** 3 / 6, (3 * t3 - 6 * t2 + 4) / 6, (-3 * t3 + 3 * t2 + 3 * t + 1) / 6, t3 / 6], -1)
+
+
+def _spline_taps(old_size: int, new_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the padded axis (``(new_size, 4)``) and their weights for a grid-mode resize (voxel centres
+    aligned: output ``i`` samples input position ``(i + 0.5) * old / new - 0.5``)."""
+    position = (np.arange(new_size) + 0.5) * (old_size / new_size) - 0.5
+    first = np.floor(position)
+    index = first.astype(np.int64)[:, None] + np.arange(-1, 3) + SPLINE_PAD
+    return index, _cubic_bspline_weights(position - first)
+
+
+def _spline_resize_axis(array: np.ndarray, axis: int, new_size: int) -> np.ndarray:
+    """Cubic-spline resize of ``array`` along ``axis`` to ``new_size`` voxels (float64 out), a few slices of
+    another axis at a time."""
+    index, weights = _spline_taps(array.shape[axis], new_size)
+    chunk_axis = 1 if axis == 0 and array.ndim > 1 else 0
+    shape = list(array.shape)
+    shape[axis] = new_size
+    out = np.empty(shape, dtype=np.float64)
+    lines_per_slice = array.size // max(array.shape[chunk_axis] * array.shape[axis], 1)
+    slice_bytes = 8 * lines_per_slice * max(array.shape[axis] + 2 * SPLINE_PAD, 4 * new_size)
+    step = max(1, SPLINE_CHUNK_BYTES // max(slice_bytes, 1))
+    for start in range(0, array.shape[chunk_axis], step):
+        part = [slice(None)] * array.ndim
+        part[chunk_axis] = slice(start, start + step)
+        block = np.moveaxis(array[tuple(part)], axis, -1)
+        padded = np.pad(block, [(0, 0)] * (block.ndim - 1) + [(SPLINE_PAD, SPLINE_PAD)], mode="edge")
+        coefficients = ndimage.spline_filter1d(padded, 3, axis=-1, output=np.float64, mode="nearest")
+        np.moveaxis(out[tuple(part)], axis, -1)[...] = np.einsum("...mk,mk->...m", coefficients[..., index], weights)
+    return out
+
+
+def spline_resize(array: np.ndarray, new_shape: Sequence[int],
+                  value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Cubic-spline resize of ``array`` (any dimension, numpy axis order) to ``new_shape``, one axis at a time
+    (the most shrunk axis first), clipped to ``value_range`` (default: ``array``'s own), in ``array``'s dtype.
+
+    The same numbers as ``scipy.ndimage.zoom(array, order=3, mode="nearest", grid_mode=True)`` (see the module
+    docstring) with at most the result of one axis in float64 plus :data:`SPLINE_CHUNK_BYTES` of coefficients.
+    """
+    result = array
+    for axis in sorted(range(array.ndim), key=lambda a: new_shape[a] / array.shape[a]):
+        if result.shape[axis] != new_shape[axis]:
+            result = _spline_resize_axis(result, axis, int(new_shape[axis]))
+    low, high = value_range if value_range is not None else (array.min(), array.max())
+    result = np.clip(result, low, high, out=result if result is not array else None)
+    return result.astype(array.dtype, copy=False)
+
+
 def _zoom_clipped(array: np.ndarray, new_shape: Sequence[int], order: int,
                   value_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Spline-resize ``array`` to ``new_shape`` and clip to its value range, like skimage's resize (float64).
-
-    A float32 ``array`` is NOT converted to float64 first: scipy pads it (float32, exact) and computes the spline
-    coefficients and the interpolation in float64 either way, so the result is the same number for number, without
-    one full-size float64 copy (1.7 GB for a 1024 x 1024 x 200 channel). The output has ``array``'s dtype.
-    ``value_range`` (default: ``array``'s own) is the range the output is clipped to.
-    """
+    """Spline-resize ``array`` to ``new_shape`` and clip to ``value_range`` (default: its own), like skimage's
+    resize, in ``array``'s dtype: cubic axis by axis (:func:`spline_resize`), other orders with scipy's ``zoom``
+    (which computes in float64 either way)."""
+    if order == 3:
+        return spline_resize(array, new_shape, value_range)
     factors = np.divide(array.shape, new_shape)
     out = ndimage.zoom(array, [1 / f for f in factors], order=order, mode="nearest", grid_mode=True)
     low, high = value_range if value_range is not None else (array.min(), array.max())
@@ -112,7 +176,7 @@ def resample_data(
             out[c] = np.moveaxis(planes[nearest_indices(channel.shape[axis], new_shape[axis])], 0, axis)
             continue
         kept = [a for a in range(channel.ndim) if channel.shape[a] == new_shape[a]]
-        if kept and order > 0:  # an axis that keeps its size: plane by plane along it, the 3-D clip range
+        if kept and order not in (0, 3):  # other orders: plane by plane along the kept axis, the 3-D clip range
             planes = _zoom_planes(channel, kept[0], new_shape, order, (channel.min(), channel.max()))
             out[c] = np.moveaxis(planes, 0, kept[0])
         else:
