@@ -213,8 +213,8 @@ def test_unusable_mr_falls_back_to_ct_only(real_ct, small_model, tmp_path, make_
 @pytest.mark.slow
 def test_large_ct_under_a_memory_limit_is_not_killed(tmp_path):
     """A 1024 x 1024 x 300 CT + T1 MR, full run with the shipped model (2 folds) inside an 8 GB cgroup (the
-    platform's kind of limit): exit 0 and one output of the CT's size. The same harness at 0.3 GB is killed
-    (exit -9), which shows the limit is real."""
+    platform's kind of limit): exit 0, one output of the CT's size, and a peak RSS with 2 GB to spare. The same
+    harness at 0.3 GB is killed (exit -9), which shows the limit is real."""
     from benchmarks import large_ct_memory
 
     if not (REPO / "weights" / "plans.json").is_file():
@@ -230,7 +230,8 @@ def test_large_ct_under_a_memory_limit_is_not_killed(tmp_path):
     assert code == 0, last
     written = list((tmp_path / "out" / "images" / "head_neck_oar").iterdir())
     assert len(written) == 1 and sitk.ReadImage(str(written[0])).GetSize() == large_ct_memory.LARGE_SIZE_XYZ
-    assert peak_gb < 8.0
+    # a margin, not only "not killed": the 3-D model's run once passed at 7.71 GB, and CI's run of it was killed
+    assert peak_gb < 6.0, f"peak RSS {peak_gb:.2f} GB leaves < 2 GB under the limit (4.28 GB measured 2026-12-04)"
     code, _, _, _ = large_ct_memory.run_process(root, tmp_path / "out_small", REPO / "weights", 0.3)
     assert code == -9
     assert not (tmp_path / "out_small").exists() or not any(p.is_file() for p in (tmp_path / "out_small").rglob("*"))
