@@ -93,8 +93,10 @@ def _spline_taps(old_size: int, new_size: int) -> tuple[np.ndarray, np.ndarray]:
 def _spline_resize_axis(array: np.ndarray, axis: int, new_size: int) -> np.ndarray:
     """Cubic-spline resize of ``array`` along ``axis`` to ``new_size`` voxels (float64 out), a few slices of
     another axis at a time."""
+    if array.ndim == 1:  # one line: nothing to chunk over
+        return _spline_resize_axis(array[None], 1, new_size)[0]
     index, weights = _spline_taps(array.shape[axis], new_size)
-    chunk_axis = 1 if axis == 0 and array.ndim > 1 else 0
+    chunk_axis = 1 if axis == 0 else 0
     shape = list(array.shape)
     shape[axis] = new_size
     out = np.empty(shape, dtype=np.float64)

@@ -48,6 +48,7 @@ def _scipy_cubic(data: np.ndarray, new_shape) -> np.ndarray:
         ((20, 30, 26), (9, 31, 13)),  # down- and upsampled axes
         ((1, 5, 2), (3, 2, 7)),  # axes of 1 and 2 voxels
         ((30, 40), (11, 64)),  # a plane (separate-z and 2-D paths)
+        ((17,), (40,)),  # a line
         ((8, 9, 10, 11), (5, 12, 6, 7)),  # any dimension
     ],
 )
