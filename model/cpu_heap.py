@@ -16,7 +16,8 @@ keep freed memory up to that much at the heap's top), the same as the environmen
   loop). Afterwards glibc's default policy is back and the free pages are handed back (``malloc_trim``) before the
   export. Process-wide, the policy also kept the freed CT-sized arrays of registration, resampling and export
   (hundreds of MB to GB each) in a fragmenting heap: a 1024 x 1024 x 300 CT then went past an 8 GB memory limit
-  (killed; 4.1 GB peak with glibc's default), so the scope is the tile loop, where the churn is;
+  (killed in CI on 2026-12-03), so the scope is the tile loop, where the churn is (that CT's peak with the scope:
+  4.28 GB, benchmarks/README.md "Large CT");
 - training: process-wide (:func:`keep_freed_memory`, in the CPU trainers), where every step is the network's.
 
 It is left alone where the user set any ``MALLOC_*`` variable (theirs wins: ``MALLOC_MMAP_MAX_=65536``, glibc's
