@@ -57,6 +57,14 @@ def openkbp_training_cases(sources: Sequence[Path]) -> dict[str, tuple[Path, dic
     return cases
 
 
+def training_reference(folder: Path, entry: dict[str, Any]) -> tuple[sitk.Image, np.ndarray, list[str]]:
+    """A train-pats case's reference (``folder/oar_labels.nii.gz``, its ``cases.json`` ``entry``): the image, its
+    array (z, y, x) in HaN-Seg label values, and the HaN-Seg names of the OARs the case annotates."""
+    image = sitk.ReadImage(str(folder / "oar_labels.nii.gz"))
+    array = openkbp_to_hanseg_lut()[sitk.GetArrayFromImage(image).astype(np.int64)]
+    return image, array, [OPENKBP_TO_HANSEG[n] for n in annotated_openkbp_names(entry)]
+
+
 def crossval_validation_cases(case_ids: Sequence[str], fold: int, n_splits: int = 5) -> list[str]:
     """The validation cases of ``fold`` in nnU-Net's default split of ``case_ids`` (sorted, seed 12345)."""
     from nnunetv2.utilities.crossval_split import generate_crossval_split
@@ -191,7 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model_folder(args.model)
     folds = args.folds or [f.name for f in model.folds]
     cases = openkbp_training_cases(default_sources())
-    lut = openkbp_to_hanseg_lut()
     per_case: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="postprocessing_") as tmp:
         raw_model = without_postprocessing(args.model, Path(tmp) / "model")
@@ -199,11 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             val = crossval_validation_cases(list(cases), int(fold))[: args.max_cases]
             pred_dir = predict_fold(raw_model, fold, {c: cases[c] for c in val}, Path(tmp), args.threads)
             for case in val:
-                folder, entry = cases[case]
-                gt_img = sitk.ReadImage(str(folder / "oar_labels.nii.gz"))
-                gt = lut[sitk.GetArrayFromImage(gt_img).astype(np.int64)]
+                gt_img, gt, oars = training_reference(*cases[case])
                 pred = sitk.GetArrayFromImage(sitk.ReadImage(str(_prediction_file(pred_dir, case))))
-                oars = [OPENKBP_TO_HANSEG[n] for n in annotated_openkbp_names(entry)]
                 per_case[case] = score_case(pred, gt, oars, gt_img.GetSpacing()[::-1])
     table = decide(per_case)
     print(markdown(table, folds, len(per_case)))

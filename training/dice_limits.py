@@ -6,9 +6,10 @@ Two measurements, both on train-pats cases only (the held-out validation-pats ar
   the prediction contain (the outline) and the part on slices only one of them contains (the extent). OpenKBP's
   esophagus and larynx are contoured over very different lengths; this says whether a better outline would lift
   an OAR or whether its Dice is lost where the contours stop.
-* ``shift``: the Dice of each reference against itself moved by one voxel (3.9 mm in-plane, 2.5 mm along z on
-  OpenKBP's grid): how much a one-voxel displacement costs each OAR at this resolution, the scale against which a
-  model's Dice (and a target such as 0.80) is read.
+* ``shift``: the Dice of each reference against itself moved by one voxel of its own grid (OpenKBP's CTs range
+  from 2.7 to 5.1 mm in-plane and 1.5 to 3.3 mm along z; the report gives the mean and range per OAR): how much a
+  one-voxel displacement costs each OAR at this resolution, the scale against which a model's Dice (and a target
+  such as 0.80) is read.
 
 Arrays are numpy z, y, x (axis 0 = axial slice, cranio-caudal); spacing is given in the same order, in mm.
 
@@ -35,8 +36,9 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from contract.labels import HANSEG_LABELS
-from training.convert_openkbp import OPENKBP_TO_HANSEG, annotated_openkbp_names, default_sources, openkbp_to_hanseg_lut
-from training.determine_postprocessing import openkbp_training_cases
+from evaluation.metrics import dice
+from training.convert_openkbp import default_sources
+from training.determine_postprocessing import openkbp_training_cases, training_reference
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +60,6 @@ class ExtentSplit:
     extent_error_fraction: float
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def split_by_extent(pred: np.ndarray, ref: np.ndarray, slice_mm: float) -> ExtentSplit:
     """Split the disagreement of two boolean masks (z, y, x) into shared-slice and extent parts.
 
@@ -77,8 +74,8 @@ def split_by_extent(pred: np.ndarray, ref: np.ndarray, slice_mm: float) -> Exten
     errors = np.logical_xor(pred, ref).sum(axis=(1, 2))
     n_errors = int(errors.sum())
     return ExtentSplit(
-        dice=_dice(pred, ref),
-        dice_shared_slices=_dice(pred[shared], ref[shared]) if shared.any() else 0.0,
+        dice=dice(pred, ref),
+        dice_shared_slices=dice(pred[shared], ref[shared]) if shared.any() else 0.0,
         missing_mm=float((in_ref & ~in_pred).sum() * slice_mm),
         extra_mm=float((in_pred & ~in_ref).sum() * slice_mm),
         extent_error_fraction=float(errors[~shared].sum() / n_errors) if n_errors else 0.0,
@@ -103,7 +100,7 @@ def shifted_dice(mask: np.ndarray, axis: int, voxels: int = 1) -> float:
     dst = [slice(None)] * mask.ndim
     src[axis], dst[axis] = slice(0, max(n - voxels, 0)), slice(voxels, n)
     moved[tuple(dst)] = mask[tuple(src)]
-    return _dice(mask, moved)
+    return dice(mask, moved)
 
 
 def _prediction_files(pred_root: Path) -> dict[str, Path]:
@@ -116,14 +113,6 @@ def _prediction_files(pred_root: Path) -> dict[str, Path]:
     return found
 
 
-def _references(cases: dict[str, tuple[Path, dict]], case: str) -> tuple[sitk.Image, np.ndarray, set[str]]:
-    """A train-pats case's reference label map: the image, its array in HaN-Seg values and the OARs it annotates."""
-    folder, entry = cases[case]
-    ref_img = sitk.ReadImage(str(folder / "oar_labels.nii.gz"))
-    ref = openkbp_to_hanseg_lut()[sitk.GetArrayFromImage(ref_img).astype(np.int64)]
-    return ref_img, ref, {OPENKBP_TO_HANSEG[n] for n in annotated_openkbp_names(entry)}
-
-
 def extent_report(pred_root: Path, oars: Sequence[str]) -> dict[str, Any]:
     """Per OAR: per-case :class:`ExtentSplit` fields and their means, over the predictions in ``pred_root``."""
     cases = openkbp_training_cases(default_sources())
@@ -133,7 +122,7 @@ def extent_report(pred_root: Path, oars: Sequence[str]) -> dict[str, Any]:
         raise ValueError(f"{pred_root}: predictions of cases that are not shared train-pats: {unknown[:5]}")
     per_case: dict[str, dict[str, dict[str, float]]] = {o: {} for o in oars}
     for case, path in tqdm(sorted(preds.items()), desc="extent", unit="case"):
-        ref_img, ref, annotated = _references(cases, case)
+        ref_img, ref, annotated = training_reference(*cases[case])
         pred_img = sitk.ReadImage(str(path))
         if pred_img.GetSize() != ref_img.GetSize():
             raise ValueError(f"{path}: size {pred_img.GetSize()} differs from the reference {ref_img.GetSize()}")
@@ -153,24 +142,31 @@ def extent_report(pred_root: Path, oars: Sequence[str]) -> dict[str, Any]:
 
 def shift_report() -> dict[str, dict[str, float]]:
     """Per OAR: mean over the train-pats cases that annotate it of :func:`shifted_dice` by one voxel along z
-    (axis 0) and along x (axis 2, left-right in-plane), with the voxel sizes in mm."""
+    (axis 0) and along x (axis 2, left-right in-plane), with the mean, smallest and largest voxel size in mm of
+    those cases (each case is moved by one voxel of its own grid)."""
     cases = openkbp_training_cases(default_sources())
     scores: dict[str, dict[str, list[float]]] = {}
-    spacing: dict[str, float] = {}
     for case in tqdm(sorted(cases), desc="shift", unit="case"):
-        ref_img, ref, annotated = _references(cases, case)
-        spacing = {"z_mm": ref_img.GetSpacing()[2], "x_mm": ref_img.GetSpacing()[0]}
+        ref_img, ref, annotated = training_reference(*cases[case])
+        x_mm, _, z_mm = ref_img.GetSpacing()
         for oar in sorted(annotated):
             mask = ref == HANSEG_LABELS[oar]
             if mask.any():
-                row = scores.setdefault(oar, {"z": [], "x": []})
+                row = scores.setdefault(oar, {"z": [], "x": [], "z_mm": [], "x_mm": []})
                 row["z"].append(shifted_dice(mask, 0))
                 row["x"].append(shifted_dice(mask, 2))
-    out = {oar: {"cases": len(r["z"]), "dice_shift_z": float(np.mean(r["z"])), "dice_shift_x": float(np.mean(r["x"])),
-                 **spacing} for oar, r in sorted(scores.items())}
-    for oar, m in out.items():
-        log.info("%s over %d cases: one voxel along z (%.1f mm) %.3f, along x (%.1f mm) %.3f", oar, m["cases"],
-                 m["z_mm"], m["dice_shift_z"], m["x_mm"], m["dice_shift_x"])
+                row["z_mm"].append(z_mm)
+                row["x_mm"].append(x_mm)
+    out: dict[str, dict[str, float]] = {}
+    for oar, r in sorted(scores.items()):
+        m = {"cases": len(r["z"]), "dice_shift_z": float(np.mean(r["z"])), "dice_shift_x": float(np.mean(r["x"]))}
+        for axis in ("z_mm", "x_mm"):
+            m.update({axis: float(np.mean(r[axis])), f"{axis}_min": float(np.min(r[axis])),
+                      f"{axis}_max": float(np.max(r[axis]))})
+        out[oar] = m
+        log.info("%s over %d cases: one voxel along z (mean %.1f mm, %.1f-%.1f) %.3f, along x (mean %.1f mm, "
+                 "%.1f-%.1f) %.3f", oar, m["cases"], m["z_mm"], m["z_mm_min"], m["z_mm_max"], m["dice_shift_z"],
+                 m["x_mm"], m["x_mm_min"], m["x_mm_max"], m["dice_shift_x"])
     return out
 
 
