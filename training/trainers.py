@@ -475,6 +475,79 @@ class nnUNetTrainerCPU_partial_10ep_round2(nnUNetTrainerCPU_partial_10ep):
     its run folder is not the shipped run's (``run_shipped_model.sh`` skips a fold already exported by its trainer)."""
 
 
+def rare_label_case_probabilities(identifiers: list[str], annotated_by_case: dict[str, np.ndarray]) -> np.ndarray:
+    """Per training case, the probability of drawing it for a batch, so that rarely annotated labels are seen more.
+
+    A case's weight is the sum, over the foreground labels it annotates, of ``1 / (number of the given cases that
+    annotate that label)``: every label then carries the same total weight across the training set (a label that
+    59 cases annotate pulls as hard as one that 168 annotate), and a case annotating several rare labels is drawn
+    most. Cases missing from ``annotated_by_case`` count as fully annotated (as the loss treats them). nnU-Net's
+    loader draws uniformly; this is handed to its ``sampling_probabilities`` (same order as ``identifiers``).
+
+    Args:
+        identifiers: the training cases, in the loader's order.
+        annotated_by_case: per case, a bool mask over label values (index 0 = background), as
+            ``read_availability_masks`` returns.
+
+    Returns:
+        float64 array of ``len(identifiers)`` probabilities summing to 1.
+
+    Raises:
+        ValueError: if no case annotates any foreground label.
+    """
+    if not identifiers:
+        raise ValueError("no training cases")
+    n_labels = max((len(m) for m in annotated_by_case.values()), default=0)
+    if n_labels < 2:
+        raise ValueError("the availability masks name no foreground label")
+    full = np.ones(n_labels, dtype=bool)
+    masks = np.stack([annotated_by_case.get(str(k), full)[1:] for k in identifiers]).astype(np.float64)
+    counts = masks.sum(0)
+    if not counts.any():
+        raise ValueError("no training case annotates any foreground label")
+    weights = masks @ np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0)
+    return weights / weights.sum()
+
+
+def expected_label_exposure(probabilities: np.ndarray, identifiers: list[str],
+                            annotated_by_case: dict[str, np.ndarray]) -> np.ndarray:
+    """Per foreground label (value 1..), the probability that a drawn case annotates it (for the training log)."""
+    n_labels = max(len(m) for m in annotated_by_case.values())
+    full = np.ones(n_labels, dtype=bool)
+    masks = np.stack([annotated_by_case.get(str(k), full)[1:] for k in identifiers]).astype(np.float64)
+    return probabilities @ masks
+
+
+class nnUNetTrainerCPU_partial_6ep_round3(nnUNetTrainerCPU_partial_6ep):
+    """The control arm of stage 9: 600 more iterations from the shipped (round-2) 3-D model, cases drawn uniformly
+    (``PRETRAINED=weights``, ``CONFIG=3d_fullres``)."""
+
+
+class nnUNetTrainerCPU_partial_6ep_round3_rare(nnUNetTrainerCPU_partial_6ep_round3):
+    """Stage 9's treatment arm: the control, but training cases are drawn with ``rare_label_case_probabilities``
+    (Esophagus_S and Larynx_SG, annotated by the fewest cases, are seen about as often as the parotids and the
+    cord). Patch placement inside a case, the loss and the validation loader stay nnU-Net's / the control's."""
+
+    def get_dataloaders(self):
+        train_gen, val_gen = super().get_dataloaders()
+        loader = getattr(train_gen, "generator", None) or getattr(train_gen, "data_loader", None)
+        if loader is None or not hasattr(loader, "indices"):
+            raise RuntimeError(f"{type(train_gen).__name__}: no nnUNetDataLoader to set sampling probabilities on")
+        identifiers = list(loader.indices)
+        probabilities = rare_label_case_probabilities(identifiers, self.annotated_by_case)
+        uniform = np.full(len(identifiers), 1 / len(identifiers))
+        names = [n for n, _ in sorted(self.dataset_json["labels"].items(), key=lambda kv: kv[1])][1:]
+        before = expected_label_exposure(uniform, identifiers, self.annotated_by_case)
+        after = expected_label_exposure(probabilities, identifiers, self.annotated_by_case)
+        shares = ", ".join(f"{n} {b:.2f}->{a:.2f}" for n, b, a in zip(names, before, after))
+        self.print_to_log_file(f"rare-label case sampling; share of drawn cases annotating each label, uniform -> "
+                               f"weighted: {shares}")
+        loader.sampling_probabilities = probabilities
+        if hasattr(train_gen, "restart"):  # worker processes hold copies of the loader: start them afresh
+            train_gen.restart()
+        return train_gen, val_gen
+
+
 # --- Full-length GPU recipe for lateralised labels, and its CPU smoke variant (issue 18) -------------------------
 
 
