@@ -25,6 +25,11 @@ Trainers
     labels are lateralised: Parotid_L/R), and inference mirroring disabled. ``nnUNetTrainerCPU_<N>ep`` variants
     only change the number of epochs (and so the schedule): pick the class name, not an environment variable, so
     a resumed run keeps its schedule.
+
+``nnUNetTrainerCPU_partial`` and its ``_<N>ep`` / ``_round<K>`` variants
+    The recipe of the shipped model: partial-label marginal loss, L/R-merged labels with mirroring, initialisation
+    by label name (its docstring; training/README.md stages 3-9). ``_round3_rare`` draws training cases with
+    ``rare_label_case_probabilities`` instead of uniformly.
 """
 
 from __future__ import annotations
