@@ -23,28 +23,30 @@ def _mask(*present: int, n_labels: int = 3) -> np.ndarray:
 def test_a_rarely_annotated_label_is_drawn_more_and_each_label_pulls_equally() -> None:
     # label 1 in all four cases, label 2 in one: weights 1/4, 1/4, 1/4 and 1/4 + 1
     annotated = {"a": _mask(1), "b": _mask(1), "c": _mask(1), "d": _mask(1, 2)}
-    ids = ["a", "b", "c", "d"]
-    p = trainers.rare_label_case_probabilities(ids, annotated)
+    rows = trainers.availability_rows(["a", "b", "c", "d"], annotated, 3)
+    p = trainers.rare_label_case_probabilities(rows)
     np.testing.assert_allclose(p, np.array([0.25, 0.25, 0.25, 1.25]) / 2.0)
     uniform = np.full(4, 0.25)
-    before = trainers.expected_label_exposure(uniform, ids, annotated)
-    after = trainers.expected_label_exposure(p, ids, annotated)
+    before = trainers.expected_label_exposure(uniform, rows)
+    after = trainers.expected_label_exposure(p, rows)
     np.testing.assert_allclose(before, [1.0, 0.25])
     np.testing.assert_allclose(after, [1.0, 0.625])
 
 
 def test_a_fully_annotated_set_is_drawn_uniformly_and_unlisted_cases_count_as_full() -> None:
     annotated = {"a": _mask(1, 2), "b": _mask(1, 2)}
-    p = trainers.rare_label_case_probabilities(["a", "b", "c"], annotated)  # "c": not in the record
+    rows = trainers.availability_rows(["a", "b", "c"], annotated, 3)  # "c": not in the record
+    assert rows[2].all()
+    p = trainers.rare_label_case_probabilities(rows)
     np.testing.assert_allclose(p, np.full(3, 1 / 3))
     assert p.sum() == pytest.approx(1.0)
 
 
 def test_no_foreground_annotation_is_refused() -> None:
     with pytest.raises(ValueError, match="no training case annotates"):
-        trainers.rare_label_case_probabilities(["a"], {"a": _mask()})
+        trainers.rare_label_case_probabilities(trainers.availability_rows(["a"], {"a": _mask()}, 3))
     with pytest.raises(ValueError, match="no training cases"):
-        trainers.rare_label_case_probabilities([], {"a": _mask(1)})
+        trainers.rare_label_case_probabilities(trainers.availability_rows([], {"a": _mask(1)}, 3))
 
 
 def test_the_trainer_hands_the_probabilities_to_the_loader_that_draws_the_batches(monkeypatch: pytest.MonkeyPatch
@@ -81,3 +83,18 @@ def test_the_trainer_hands_the_probabilities_to_the_loader_that_draws_the_batche
     share_d = float(np.mean(drawn == "d"))
     assert share_d == pytest.approx(0.625, abs=0.02)  # uniform drawing would give 0.25
     assert "Esophagus_S 0.25->0.62" in logged[0]
+
+
+def test_the_loss_mask_of_a_batch_uses_the_same_rows() -> None:
+    """``annotated_mask`` (the marginal loss's per-batch mask) and the sampling weights read one availability rule."""
+    import torch
+
+    class Stub(trainers.nnUNetTrainerCPU_partial):
+        def __init__(self) -> None:
+            self.annotated_by_case = {"a": _mask(1)}
+            self.dataset_json = {"labels": {"background": 0, "Parotid": 1, "Esophagus_S": 2}}
+            self.device = torch.device("cpu")
+
+    mask = Stub().annotated_mask(["a", "not-recorded"])
+    assert mask.dtype == torch.bool
+    assert mask.tolist() == [[True, True, False], [True, True, True]]

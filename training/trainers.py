@@ -235,6 +235,13 @@ def read_availability_masks(path: str, labels: dict[str, int]) -> dict[str, np.n
     return out
 
 
+def availability_rows(keys, annotated_by_case: dict[str, np.ndarray], n_labels: int) -> np.ndarray:  # noqa: ANN001
+    """``(len(keys), n_labels)`` bool: per case (in ``keys`` order), the label values it annotates (background
+    always). A case missing from ``annotated_by_case`` (``read_availability_masks``) counts as fully annotated."""
+    full = np.ones(n_labels, dtype=bool)
+    return np.array([annotated_by_case.get(str(k), full) for k in keys], dtype=bool).reshape(-1, n_labels)
+
+
 def left_right_patch_axes(transpose_forward: list[int], patch_ndim: int) -> tuple[int, ...]:
     """The patch axis that runs patient left-right, for nnU-Net's mirroring (training and inference).
 
@@ -300,9 +307,7 @@ class nnUNetTrainerCPU_partial(nnUNetTrainerCPU_ft):
 
     def annotated_mask(self, keys) -> torch.Tensor:  # noqa: ANN001 - case identifiers of a batch
         n_labels = max(self.dataset_json["labels"].values()) + 1
-        full = np.ones(n_labels, dtype=bool)
-        rows = [self.annotated_by_case.get(str(k), full) for k in keys]
-        return torch.from_numpy(np.stack(rows)).to(self.device)
+        return torch.from_numpy(availability_rows(keys, self.annotated_by_case, n_labels)).to(self.device)
 
     def _build_loss(self):
         loss = MarginalDiceCELoss(batch_dice=self.configuration_manager.batch_dice, smooth=1e-5)
@@ -480,33 +485,27 @@ class nnUNetTrainerCPU_partial_10ep_round2(nnUNetTrainerCPU_partial_10ep):
     its run folder is not the shipped run's (``run_shipped_model.sh`` skips a fold already exported by its trainer)."""
 
 
-def rare_label_case_probabilities(identifiers: list[str], annotated_by_case: dict[str, np.ndarray]) -> np.ndarray:
+def rare_label_case_probabilities(annotated: np.ndarray) -> np.ndarray:
     """Per training case, the probability of drawing it for a batch, so that rarely annotated labels are seen more.
 
     A case's weight is the sum, over the foreground labels it annotates, of ``1 / (number of the given cases that
     annotate that label)``: every label then carries the same total weight across the training set (a label that
     59 cases annotate pulls as hard as one that 168 annotate), and a case annotating several rare labels is drawn
-    most. Cases missing from ``annotated_by_case`` count as fully annotated (as the loss treats them). nnU-Net's
-    loader draws uniformly; this is handed to its ``sampling_probabilities`` (same order as ``identifiers``).
+    most. nnU-Net's loader draws uniformly; this is handed to its ``sampling_probabilities``.
 
     Args:
-        identifiers: the training cases, in the loader's order.
-        annotated_by_case: per case, a bool mask over label values (index 0 = background), as
-            ``read_availability_masks`` returns.
+        annotated: ``(cases, labels)`` bool, the loader's cases in its order, label values with background at
+            index 0, as ``availability_rows`` returns.
 
     Returns:
-        float64 array of ``len(identifiers)`` probabilities summing to 1.
+        float64 array of one probability per case, summing to 1.
 
     Raises:
-        ValueError: if no case annotates any foreground label.
+        ValueError: if there are no cases, or no case annotates any foreground label.
     """
-    if not identifiers:
+    if len(annotated) == 0:
         raise ValueError("no training cases")
-    n_labels = max((len(m) for m in annotated_by_case.values()), default=0)
-    if n_labels < 2:
-        raise ValueError("the availability masks name no foreground label")
-    full = np.ones(n_labels, dtype=bool)
-    masks = np.stack([annotated_by_case.get(str(k), full)[1:] for k in identifiers]).astype(np.float64)
+    masks = annotated[:, 1:].astype(np.float64)
     counts = masks.sum(0)
     if not counts.any():
         raise ValueError("no training case annotates any foreground label")
@@ -514,13 +513,10 @@ def rare_label_case_probabilities(identifiers: list[str], annotated_by_case: dic
     return weights / weights.sum()
 
 
-def expected_label_exposure(probabilities: np.ndarray, identifiers: list[str],
-                            annotated_by_case: dict[str, np.ndarray]) -> np.ndarray:
-    """Per foreground label (value 1..), the probability that a drawn case annotates it (for the training log)."""
-    n_labels = max(len(m) for m in annotated_by_case.values())
-    full = np.ones(n_labels, dtype=bool)
-    masks = np.stack([annotated_by_case.get(str(k), full)[1:] for k in identifiers]).astype(np.float64)
-    return probabilities @ masks
+def expected_label_exposure(probabilities: np.ndarray, annotated: np.ndarray) -> np.ndarray:
+    """Per foreground label (value 1..), the probability that a drawn case annotates it (for the training log);
+    ``annotated`` as for ``rare_label_case_probabilities``."""
+    return probabilities @ annotated[:, 1:].astype(np.float64)
 
 
 class nnUNetTrainerCPU_partial_6ep_round3(nnUNetTrainerCPU_partial_6ep):
@@ -538,12 +534,12 @@ class nnUNetTrainerCPU_partial_6ep_round3_rare(nnUNetTrainerCPU_partial_6ep_roun
         loader = getattr(train_gen, "generator", None) or getattr(train_gen, "data_loader", None)
         if loader is None or not hasattr(loader, "indices"):
             raise RuntimeError(f"{type(train_gen).__name__}: no nnUNetDataLoader to set sampling probabilities on")
-        identifiers = list(loader.indices)
-        probabilities = rare_label_case_probabilities(identifiers, self.annotated_by_case)
-        uniform = np.full(len(identifiers), 1 / len(identifiers))
-        names = [n for n, _ in sorted(self.dataset_json["labels"].items(), key=lambda kv: kv[1])][1:]
-        before = expected_label_exposure(uniform, identifiers, self.annotated_by_case)
-        after = expected_label_exposure(probabilities, identifiers, self.annotated_by_case)
+        labels = self.dataset_json["labels"]
+        annotated = availability_rows(loader.indices, self.annotated_by_case, max(labels.values()) + 1)
+        probabilities = rare_label_case_probabilities(annotated)
+        names = [n for n, _ in sorted(labels.items(), key=lambda kv: kv[1])][1:]
+        before = expected_label_exposure(np.full(len(annotated), 1 / len(annotated)), annotated)
+        after = expected_label_exposure(probabilities, annotated)
         shares = ", ".join(f"{n} {b:.2f}->{a:.2f}" for n, b, a in zip(names, before, after))
         self.print_to_log_file(f"rare-label case sampling; share of drawn cases annotating each label, uniform -> "
                                f"weighted: {shares}")
